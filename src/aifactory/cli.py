@@ -1,0 +1,78 @@
+"""The ``aifactory`` command: local cluster, site file and course tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_SITE = os.environ.get(
+    "AIFACTORY_SITE", str(Path(__file__).resolve().parents[2] / "hub_config" / "site.yaml")
+)
+
+
+def _site(args):
+    from .site import SiteError, load_site
+
+    try:
+        return load_site(args.site)
+    except SiteError as e:
+        sys.exit(f"error: site file: {e}")
+
+
+def cmd_cluster(args) -> int:
+    from . import localcluster
+
+    if os.geteuid() != 0:
+        sys.exit("error: the local cluster is managed as root (it starts system daemons)")
+    try:
+        if args.action == "start":
+            localcluster.start(_site(args))
+        elif args.action == "stop":
+            localcluster.stop(everything=args.all)
+        else:
+            for daemon, running in localcluster.status().items():
+                print(f"{daemon:10s} {'running' if running else 'stopped'}")
+    except localcluster.ClusterError as e:
+        sys.exit(f"error: {e}")
+    return 0
+
+
+def cmd_site(args) -> int:
+    site = _site(args)
+    print(f"{site.path}: OK ({len(site.partitions)} partitions, {site.total_gpus} GPUs, "
+          f"{len(site.accounts)} accounts)")
+    return 0
+
+
+def cmd_courses(args) -> int:
+    from . import courses
+
+    return courses.cli(args, _site(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
+    parser.add_argument("--site", default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cluster = sub.add_parser("cluster", help="the local single-node Slurm cluster")
+    cluster.add_argument("action", choices=["start", "stop", "status"])
+    cluster.add_argument("--all", action="store_true", help="with stop: also stop MariaDB and munge")
+    cluster.set_defaults(func=cmd_cluster)
+
+    site = sub.add_parser("site", help="validate the site file")
+    site.add_argument("action", choices=["check"])
+    site.set_defaults(func=cmd_site)
+
+    from .courses import add_cli
+
+    add_cli(sub, cmd_courses)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

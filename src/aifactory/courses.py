@@ -1,0 +1,409 @@
+"""Courses: metadata, the ``courses check`` validator, and distribution into a student's home.
+
+A course is a folder ``courses/<slug>/`` with ``course.yaml`` and numbered notebooks
+(see ``courses/README.md``). Distribution copies the course into ``~/courses/<slug>/``
+and never overwrites a file the student has changed: it remembers the hash of what it
+delivered, updates only untouched files, and reports instructor updates that were held
+back so the student can fetch a fresh copy.
+
+Why not nbgitpuller: it needs the course as a git remote and resolves conflicts silently
+(local changes win) without telling the student which updates were not applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .site import Site
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,47}$")
+NOTEBOOK_RE = re.compile(r"^\d{2}-[a-z0-9][a-z0-9-]*\.ipynb$")
+LEVELS = ("beginner", "intermediate", "advanced")
+PARAMETERS = ("DEVICE", "DATA_SIZE", "EPOCHS", "SEED")
+STATE_FILE = ".aifactory-sync.json"
+UPDATES_FILE = "UPDATES.md"
+
+
+@dataclass(frozen=True)
+class CourseResources:
+    partition: str
+    gpus: int
+    gpu_type: str
+    cpus: int
+    memory_gb: int
+    hours: int
+
+    def as_options(self) -> dict:
+        """The spawner options a course start asks for (validated like form input)."""
+        return {
+            "partition": self.partition,
+            "gpus": self.gpus,
+            "gpu_type": self.gpu_type,
+            "cpus": self.cpus,
+            "memory_gb": self.memory_gb,
+            "hours": self.hours,
+        }
+
+
+@dataclass(frozen=True)
+class Course:
+    slug: str
+    path: Path
+    title: str
+    summary: str
+    level: str
+    audience: str
+    estimated_duration_hours: float
+    objectives: tuple[str, ...]
+    prerequisites: tuple[str, ...]
+    resources: CourseResources
+    notebooks: tuple[str, ...]
+
+    @property
+    def requires_gpu(self) -> bool:
+        return self.resources.gpus > 0
+
+    @property
+    def first_notebook(self) -> str:
+        return self.notebooks[0]
+
+
+@dataclass
+class CourseProblems:
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+
+def _field(raw: dict, key: str, kind, where: str, problems: CourseProblems, default=...):
+    if key not in raw:
+        if default is ...:
+            problems.add(where, f"missing field '{key}'")
+        return None if default is ... else default
+    value = raw[key]
+    if (kind in (int, float) and isinstance(value, bool)) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        problems.add(where, f"field '{key}' must be {expected}, got {value!r}")
+        return None
+    return value
+
+
+def _string_list(raw: dict, key: str, where: str, problems: CourseProblems, allow_empty=False):
+    value = _field(raw, key, list, where, problems)
+    if value is None:
+        return ()
+    if not value and not allow_empty:
+        problems.add(where, f"field '{key}' must not be empty")
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            problems.add(where, f"field '{key}' must be a list of non-empty strings, got {item!r}")
+            return ()
+    return tuple(value)
+
+
+def _check_resources(raw, where: str, site: Site, problems: CourseProblems) -> CourseResources | None:
+    if not isinstance(raw, dict):
+        problems.add(where, "field 'resources' must be a mapping")
+        return None
+    known = {"partition", "gpus", "gpu_type", "cpus", "memory_gb", "hours"}
+    for key in sorted(set(raw) - known):
+        problems.add(where, f"unknown field 'resources.{key}' (known: {', '.join(sorted(known))})")
+    rwhere = f"{where}: resources"
+    partition = _field(raw, "partition", str, where, problems)
+    if partition is not None and partition not in site.partitions:
+        problems.add(rwhere, f"unknown partition {partition!r} (site partitions: {', '.join(site.partitions)})")
+        partition = None
+    gpu_type = _field(raw, "gpu_type", str, where, problems, "any")
+    if gpu_type is not None and gpu_type != "any" and gpu_type not in site.gpu_types:
+        problems.add(rwhere, f"unknown GPU type {gpu_type!r} (site GPU types: any, {', '.join(site.gpu_types)})")
+    values = {}
+    for key in ("gpus", "cpus", "memory_gb", "hours"):
+        value = _field(raw, key, int, where, problems)
+        limit = site.limits[key]
+        if value is not None and not limit.min <= value <= limit.max:
+            problems.add(rwhere, f"{key}={value} is outside the site limits {limit.min}..{limit.max}")
+        values[key] = value
+    if partition and values.get("gpus") and not site.partitions[partition].gpus:
+        problems.add(rwhere, f"partition {partition!r} has no GPUs but the course asks for {values['gpus']}")
+    if partition and values.get("hours") and values["hours"] > site.partitions[partition].max_hours:
+        problems.add(rwhere, f"hours={values['hours']} exceeds the {site.partitions[partition].max_hours} h "
+                             f"limit of partition {partition!r}")
+    if None in (partition, gpu_type, *values.values()):
+        return None
+    return CourseResources(partition, values["gpus"], gpu_type, values["cpus"], values["memory_gb"],
+                           values["hours"])
+
+
+def check_notebook(path: Path, problems: CourseProblems) -> None:
+    """A notebook needs metadata.aifactory and a `parameters` cell defining the standard names."""
+    where = str(path)
+    try:
+        notebook = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.add(where, f"not a readable notebook ({e})")
+        return
+    meta = notebook.get("metadata", {}).get("aifactory")
+    if not isinstance(meta, dict):
+        problems.add(where, "missing notebook metadata 'aifactory' (objectives, duration_minutes, requires_gpu)")
+    else:
+        if not isinstance(meta.get("objectives"), list) or not meta["objectives"]:
+            problems.add(where, "metadata.aifactory.objectives must be a non-empty list")
+        duration = meta.get("duration_minutes")
+        if isinstance(duration, bool) or not isinstance(duration, int) or duration <= 0:
+            problems.add(where, "metadata.aifactory.duration_minutes must be a positive integer")
+        if not isinstance(meta.get("requires_gpu"), bool):
+            problems.add(where, "metadata.aifactory.requires_gpu must be true or false")
+    cells = notebook.get("cells", [])
+    parameter_cells = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not parameter_cells:
+        problems.add(where, "no cell tagged 'parameters' (papermill needs one)")
+        return
+    source = "".join(parameter_cells[0].get("source", ""))
+    for name in PARAMETERS:
+        if not re.search(rf"^{name}\s*=", source, re.MULTILINE):
+            problems.add(where, f"parameters cell does not define {name}")
+
+
+def load_course(folder: Path, site: Site, problems: CourseProblems | None = None) -> Course | None:
+    problems = problems if problems is not None else CourseProblems()
+    slug = folder.name
+    where = str(folder / "course.yaml")
+    if not SLUG_RE.match(slug):
+        problems.add(str(folder), f"folder name {slug!r} is not a valid course slug "
+                                  "(lower-case letters, digits and -)")
+        return None
+    try:
+        raw = yaml.safe_load((folder / "course.yaml").read_text())
+    except FileNotFoundError:
+        problems.add(where, "missing (every course folder needs a course.yaml)")
+        return None
+    except yaml.YAMLError as e:
+        problems.add(where, f"not valid YAML: {e}")
+        return None
+    if not isinstance(raw, dict):
+        problems.add(where, "must be a mapping of fields")
+        return None
+    known = {"title", "summary", "level", "audience", "estimated_duration_hours", "objectives",
+             "prerequisites", "resources", "notebooks"}
+    for key in sorted(set(raw) - known):
+        problems.add(where, f"unknown field '{key}'")
+    before = len(problems.errors)
+    title = _field(raw, "title", str, where, problems)
+    summary = _field(raw, "summary", str, where, problems)
+    level = _field(raw, "level", str, where, problems)
+    if level is not None and level not in LEVELS:
+        problems.add(where, f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    audience = _field(raw, "audience", str, where, problems)
+    duration = _field(raw, "estimated_duration_hours", (int, float), where, problems)
+    if duration is not None and duration <= 0:
+        problems.add(where, "estimated_duration_hours must be positive")
+    objectives = _string_list(raw, "objectives", where, problems)
+    prerequisites = _string_list(raw, "prerequisites", where, problems, allow_empty=True)
+    resources = _check_resources(raw.get("resources"), where, site, problems) if "resources" in raw \
+        else problems.add(where, "missing field 'resources'")
+    notebooks = _string_list(raw, "notebooks", where, problems)
+    for name in notebooks:
+        if not NOTEBOOK_RE.match(name):
+            problems.add(where, f"notebook name {name!r} must look like 01-topic.ipynb")
+        elif not (folder / name).is_file():
+            problems.add(where, f"lists notebook {name!r} but {folder / name} does not exist")
+        else:
+            check_notebook(folder / name, problems)
+    for extra in sorted(folder.glob("*.ipynb")):
+        if extra.name not in notebooks:
+            problems.add(str(extra), "notebook is not listed in course.yaml 'notebooks'")
+    if len(problems.errors) > before:
+        return None
+    return Course(slug, folder, title, summary, level, audience, duration, objectives, prerequisites,
+                  resources, notebooks)
+
+
+def load_courses(site: Site, courses_dir: Path | None = None) -> tuple[dict[str, Course], list[str]]:
+    """All valid courses by slug, and the problems of the invalid ones."""
+    courses_dir = Path(courses_dir or site.courses_dir)
+    problems = CourseProblems()
+    courses = {}
+    if not courses_dir.is_dir():
+        problems.add(str(courses_dir), "courses folder does not exist")
+        return courses, problems.errors
+    for folder in sorted(p for p in courses_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        course = load_course(folder, site, problems)
+        if course:
+            courses[course.slug] = course
+    return courses, problems.errors
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class SyncReport:
+    copied: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    kept_edits: list[str] = field(default_factory=list)  # instructor update held back
+    unchanged: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = []
+        if self.copied:
+            lines.append(f"new: {', '.join(self.copied)}")
+        if self.updated:
+            lines.append(f"updated from the instructor: {', '.join(self.updated)}")
+        if self.kept_edits:
+            lines.append(f"NOT updated because you edited them: {', '.join(self.kept_edits)}")
+        return "; ".join(lines) or "up to date"
+
+
+def course_files(course: Course) -> list[str]:
+    """What a student receives: the notebooks and any other non-hidden file but course.yaml."""
+    return sorted(
+        p.name for p in course.path.iterdir()
+        if p.is_file() and p.name != "course.yaml" and not p.name.startswith(".")
+    )
+
+
+def sync_course(course: Course, dest: Path) -> SyncReport:
+    """Copy new and untouched files into ``dest``; never overwrite a student's edit."""
+    dest.mkdir(parents=True, exist_ok=True)
+    state_path = dest / STATE_FILE
+    try:
+        delivered = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        delivered = {}
+    report = SyncReport()
+    for name in course_files(course):
+        source, target = course.path / name, dest / name
+        source_hash = _sha256(source)
+        if not target.exists():
+            if name in delivered:
+                # the student deleted it: respect that, `courses fetch` brings it back
+                report.unchanged.append(name)
+                continue
+            shutil.copyfile(source, target)
+            delivered[name] = source_hash
+            report.copied.append(name)
+            continue
+        current = _sha256(target)
+        if current == source_hash:
+            delivered[name] = source_hash
+            report.unchanged.append(name)
+        elif current == delivered.get(name):
+            shutil.copyfile(source, target)
+            delivered[name] = source_hash
+            report.updated.append(name)
+        else:
+            report.kept_edits.append(name)
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(delivered, indent=1, sort_keys=True))
+    tmp.replace(state_path)
+    updates = dest / UPDATES_FILE
+    if report.kept_edits:
+        updates.write_text(
+            f"# Course updates not applied to your files\n\n"
+            f"Your instructor updated these notebooks of **{course.title}**, but you have edited "
+            f"your copies, so they were left as you had them:\n\n"
+            + "".join(f"- `{name}`\n" for name in report.kept_edits)
+            + f"\nTo get the instructor's version next to yours, open a terminal and run\n\n"
+              f"    aifactory courses fetch {course.slug} NOTEBOOK\n\n"
+              f"It is saved as `NOTEBOOK.fresh.ipynb`; your own file is not touched.\n"
+              f"(Add `--replace` to keep a backup of yours and take the fresh copy in its place.)\n"
+        )
+    elif updates.exists():
+        updates.unlink()
+    return report
+
+
+def fetch_fresh(course: Course, notebook: str, dest: Path, replace: bool = False) -> Path:
+    """A fresh copy of one course file; the student's own file is kept (or backed up)."""
+    if notebook not in course_files(course):
+        raise ValueError(f"course {course.slug!r} has no file {notebook!r} "
+                         f"(files: {', '.join(course_files(course))})")
+    dest.mkdir(parents=True, exist_ok=True)
+    source, target = course.path / notebook, dest / notebook
+    if replace:
+        if target.exists():
+            backup = target.with_name(f"{target.stem}.backup-{time.strftime('%Y%m%d-%H%M%S')}{target.suffix}")
+            target.replace(backup)
+        shutil.copyfile(source, target)
+        state_path = dest / STATE_FILE
+        try:
+            delivered = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            delivered = {}
+        delivered[notebook] = _sha256(source)
+        state_path.write_text(json.dumps(delivered, indent=1, sort_keys=True))
+        return target
+    fresh = target.with_name(f"{target.stem}.fresh{target.suffix}")
+    shutil.copyfile(source, fresh)
+    return fresh
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_cli(subparsers, func) -> None:
+    courses = subparsers.add_parser("courses", help="check, list and distribute courses")
+    actions = courses.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="validate every course (metadata, notebooks, resources)")
+    check.add_argument("--dir", type=Path, help="courses folder (default: the site's courses_dir)")
+    actions.add_parser("list", help="list the valid courses")
+    sync = actions.add_parser("sync", help="copy a course into your home, keeping your edits")
+    sync.add_argument("slug")
+    sync.add_argument("--dest", type=Path, help="default: ~/courses/SLUG")
+    fetch = actions.add_parser("fetch", help="get a fresh copy of one course notebook")
+    fetch.add_argument("slug")
+    fetch.add_argument("notebook")
+    fetch.add_argument("--dest", type=Path, help="default: ~/courses/SLUG")
+    fetch.add_argument("--replace", action="store_true",
+                       help="back up your file and put the fresh copy in its place")
+    courses.set_defaults(func=func)
+
+
+def _one_course(site: Site, slug: str) -> Course:
+    if not SLUG_RE.match(slug):
+        sys.exit(f"error: {slug!r} is not a course name")
+    courses, _ = load_courses(site)
+    if slug not in courses:
+        sys.exit(f"error: no valid course {slug!r} (courses: {', '.join(courses) or 'none'})")
+    return courses[slug]
+
+
+def cli(args, site: Site) -> int:
+    if args.action == "check":
+        courses, errors = load_courses(site, args.dir)
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{len(courses)} course(s) valid, {len(errors)} problem(s)")
+        return 1 if errors else 0
+    if args.action == "list":
+        courses, errors = load_courses(site)
+        for course in courses.values():
+            gpu = f"{course.resources.gpus} GPU" if course.requires_gpu else "CPU only"
+            print(f"{course.slug:28s} {course.level:13s} {course.estimated_duration_hours:>4} h  {gpu:9s} {course.title}")
+        return 0
+    course = _one_course(site, args.slug)
+    dest = args.dest or Path.home() / "courses" / course.slug
+    if args.action == "sync":
+        report = sync_course(course, dest)
+        print(f"course {course.slug} in {dest}: {report.summary()}")
+        return 0
+    try:
+        path = fetch_fresh(course, args.notebook, dest, replace=args.replace)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    print(f"fresh copy written to {path}")
+    return 0

@@ -1,0 +1,297 @@
+"""The site file: load ``hub_config/site.yaml`` and validate it into plain dataclasses.
+
+Every fact about a site (partitions, GPU types, accounts and shares, limits, courses)
+lives in that file. Errors name the offending key (``partitions.gpu.max_hours``) so an
+administrator can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class SiteError(ValueError):
+    """The site file is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    count: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    description: str
+    gpus: bool
+    max_hours: int
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    shares: int
+    description: str = ""
+    parent: str = ""
+
+
+@dataclass(frozen=True)
+class Qos:
+    name: str
+    description: str
+    max_hours: int
+    max_gpus_per_user: int
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Range:
+    min: int
+    max: int
+    default: int
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    name: str
+    account: str
+    qos: tuple[str, ...]
+    password: str
+    extra_accounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    cluster_name: str
+    node_cpus: int
+    node_memory_mb: int
+    default_mem_per_cpu_mb: int
+    gpu_types: dict[str, GpuType]
+    partitions: dict[str, Partition]
+    accounts: dict[str, Account]
+    qos: dict[str, Qos]
+    limits: dict[str, Range]
+    max_queue_wait_seconds: int
+    startup_seconds: int
+    groups: dict[str, tuple[str, ...]]
+    demo_users: dict[str, DemoUser]
+    authentication: dict
+    culler_timeout_seconds: int
+    culler_every_seconds: int
+    courses_dir: Path
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def default_partition(self) -> Partition:
+        for partition in self.partitions.values():
+            if partition.default:
+                return partition
+        return next(iter(self.partitions.values()))
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(g.count for g in self.gpu_types.values())
+
+
+def _get(mapping: dict, key: str, where: str, kind: type | tuple, default=...):
+    if not isinstance(mapping, dict):
+        raise SiteError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    if key not in mapping:
+        if default is ...:
+            raise SiteError(f"{where}.{key}: missing")
+        return default
+    value = mapping[key]
+    # bool is an int subclass: refuse `true` where a number is meant
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SiteError(f"{where}.{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _positive(value: int, where: str) -> int:
+    if value < 0:
+        raise SiteError(f"{where}: must not be negative, got {value}")
+    return value
+
+
+def _name(value: str, where: str, pattern: re.Pattern = NAME_RE) -> str:
+    if not pattern.match(value):
+        raise SiteError(f"{where}: {value!r} is not a valid name (lower-case letters, digits, - and _)")
+    return value
+
+
+def _check_unknown(mapping: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise SiteError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _load_gpu_types(raw: dict) -> dict[str, GpuType]:
+    types = {}
+    for name, spec in _get(raw, "gpu_types", "site", dict).items():
+        where = f"gpu_types.{name}"
+        _name(name, where)
+        _check_unknown(spec, {"count", "description"}, where)
+        types[name] = GpuType(
+            name,
+            _positive(_get(spec, "count", where, int), f"{where}.count"),
+            _get(spec, "description", where, str, ""),
+        )
+    return types
+
+
+def _load_partitions(raw: dict) -> dict[str, Partition]:
+    partitions = {}
+    for name, spec in _get(raw, "partitions", "site", dict).items():
+        where = f"partitions.{name}"
+        _name(name, where)
+        _check_unknown(spec, {"description", "gpus", "max_hours", "default"}, where)
+        partitions[name] = Partition(
+            name=name,
+            description=_get(spec, "description", where, str, ""),
+            gpus=_get(spec, "gpus", where, bool),
+            max_hours=_positive(_get(spec, "max_hours", where, int), f"{where}.max_hours"),
+            default=_get(spec, "default", where, bool, False),
+        )
+    if not partitions:
+        raise SiteError("partitions: at least one partition is needed")
+    return partitions
+
+
+def _load_accounts(raw: dict) -> dict[str, Account]:
+    accounts = {}
+    for name, spec in _get(raw, "accounts", "site", dict).items():
+        where = f"accounts.{name}"
+        _name(name, where)
+        _check_unknown(spec, {"shares", "description", "subaccounts"}, where)
+        accounts[name] = Account(
+            name, _get(spec, "shares", where, int), _get(spec, "description", where, str, "")
+        )
+        for sub, subspec in _get(spec, "subaccounts", where, dict, {}).items():
+            subwhere = f"{where}.subaccounts.{sub}"
+            _name(sub, subwhere)
+            if sub in accounts:
+                raise SiteError(f"{subwhere}: account {sub!r} is defined twice")
+            _check_unknown(subspec, {"shares", "description"}, subwhere)
+            accounts[sub] = Account(
+                sub,
+                _get(subspec, "shares", subwhere, int),
+                _get(subspec, "description", subwhere, str, ""),
+                parent=name,
+            )
+    return accounts
+
+
+def _load_qos(raw: dict) -> dict[str, Qos]:
+    qos = {}
+    for name, spec in _get(raw, "qos", "site", dict).items():
+        where = f"qos.{name}"
+        _name(name, where)
+        _check_unknown(spec, {"description", "max_hours", "max_gpus_per_user", "priority"}, where)
+        qos[name] = Qos(
+            name,
+            _get(spec, "description", where, str, ""),
+            _get(spec, "max_hours", where, int),
+            _get(spec, "max_gpus_per_user", where, int),
+            _get(spec, "priority", where, int, 0),
+        )
+    return qos
+
+
+def _load_limits(raw: dict) -> dict[str, Range]:
+    limits = {}
+    spec = _get(raw, "limits", "site", dict)
+    _check_unknown(spec, {"cpus", "memory_gb", "hours", "gpus"}, "limits")
+    for key in ("cpus", "memory_gb", "hours", "gpus"):
+        where = f"limits.{key}"
+        item = _get(spec, key, "limits", dict)
+        rng = Range(
+            _get(item, "min", where, int), _get(item, "max", where, int), _get(item, "default", where, int)
+        )
+        if not rng.min <= rng.default <= rng.max:
+            raise SiteError(f"{where}: need min <= default <= max, got {rng}")
+        limits[key] = rng
+    return limits
+
+
+def _load_demo_users(raw: dict, accounts: dict, qos: dict) -> dict[str, DemoUser]:
+    users = {}
+    for name, spec in _get(raw, "demo_users", "site", dict, {}).items():
+        where = f"demo_users.{name}"
+        _name(name, where, USERNAME_RE)
+        _check_unknown(spec, {"account", "qos", "password", "extra_accounts"}, where)
+        account = _get(spec, "account", where, str)
+        extra = tuple(_get(spec, "extra_accounts", where, list, []))
+        for acc in (account, *extra):
+            if acc not in accounts:
+                raise SiteError(f"{where}: unknown account {acc!r} (known: {', '.join(accounts)})")
+        user_qos = tuple(_get(spec, "qos", where, list))
+        for q in user_qos:
+            if q not in qos:
+                raise SiteError(f"{where}.qos: unknown QOS {q!r} (known: {', '.join(qos)})")
+        users[name] = DemoUser(name, account, user_qos, _get(spec, "password", where, str), extra)
+    return users
+
+
+def load_site(path: str | Path) -> Site:
+    """Read and validate a site file. Raises SiteError naming the bad key."""
+    path = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SiteError(f"site file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise SiteError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SiteError(f"{path}: expected a mapping at the top level")
+    _check_unknown(
+        raw,
+        {"cluster", "gpu_types", "partitions", "accounts", "qos", "limits", "spawn", "groups",
+         "demo_users", "authentication", "culler", "courses_dir"},
+        "site",
+    )
+    cluster = _get(raw, "cluster", "site", dict)
+    accounts = _load_accounts(raw)
+    qos = _load_qos(raw)
+    spawn = _get(raw, "spawn", "site", dict)
+    culler = _get(raw, "culler", "site", dict, {})
+    auth = _get(raw, "authentication", "site", dict, {"method": "pam"})
+    if auth.get("method", "pam") not in ("pam", "oidc"):
+        raise SiteError(f"authentication.method: must be pam or oidc, got {auth.get('method')!r}")
+    groups = {
+        _name(group, f"groups.{group}"): tuple(members)
+        for group, members in _get(raw, "groups", "site", dict, {}).items()
+    }
+    site = Site(
+        path=path,
+        cluster_name=_name(_get(cluster, "name", "cluster", str), "cluster.name"),
+        node_cpus=_get(cluster, "node_cpus", "cluster", int),
+        node_memory_mb=_get(cluster, "node_memory_mb", "cluster", int),
+        default_mem_per_cpu_mb=_get(cluster, "default_mem_per_cpu_mb", "cluster", int),
+        gpu_types=_load_gpu_types(raw),
+        partitions=_load_partitions(raw),
+        accounts=accounts,
+        qos=qos,
+        limits=_load_limits(raw),
+        max_queue_wait_seconds=_get(spawn, "max_queue_wait_seconds", "spawn", int),
+        startup_seconds=_get(spawn, "startup_seconds", "spawn", int),
+        groups=groups,
+        demo_users=_load_demo_users(raw, accounts, qos),
+        authentication=auth,
+        culler_timeout_seconds=_get(culler, "timeout_seconds", "culler", int, 3600),
+        culler_every_seconds=_get(culler, "every_seconds", "culler", int, 300),
+        courses_dir=(path.parent / _get(raw, "courses_dir", "site", str, "../courses")).resolve(),
+        raw=raw,
+    )
+    return site
