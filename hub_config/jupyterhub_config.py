@@ -1,0 +1,18 @@
+# The AI-factory hub: load the site file, validate it, apply it. Site facts live in site.yaml.
+import os
+import sys
+
+from aifactory.hubconfig import apply_site
+from aifactory.site import SiteError, load_site
+
+c = get_config()  # noqa: F821
+
+try:
+    site = load_site(os.environ.get("AIFACTORY_SITE", os.path.join(os.path.dirname(__file__), "site.yaml")))
+except SiteError as e:
+    sys.exit(f"site file error: {e}")
+
+apply_site(c, site, venv=os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"),
+           state_dir=os.environ.get("AIFACTORY_STATE", os.getcwd()))
+c.JupyterHub.bind_url = os.environ.get("AIFACTORY_BIND_URL", "http://127.0.0.1:8000")
+c.JupyterHub.hub_bind_url = os.environ.get("AIFACTORY_HUB_BIND_URL", "http://127.0.0.1:8081")

@@ -1,0 +1,93 @@
+"""What goes into the batch script: a pure function of validated options.
+
+The spawner only passes ``SessionOptions`` (already validated) and values the hub itself
+controls (paths, the single-user command). Nothing here reads ``user_options``.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from jinja2 import Environment, StrictUndefined
+
+from .options import SessionOptions
+
+PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+TEMPLATE = """\
+#!/bin/bash
+#SBATCH --job-name={{ job_name }}
+#SBATCH --output={{ homedir }}/.aifactory-session-%j.log
+#SBATCH --chdir={{ homedir }}
+#SBATCH --export={{ keepvars }}
+#SBATCH --partition={{ o.partition }}
+#SBATCH --account={{ o.account }}
+{% if o.qos %}#SBATCH --qos={{ o.qos }}
+{% endif %}#SBATCH --time={{ o.time_limit }}
+#SBATCH --cpus-per-task={{ o.cpus }}
+#SBATCH --mem={{ o.memory_gb }}G
+{% if o.gres %}#SBATCH --gres={{ o.gres }}
+{% endif %}{% if o.reservation %}#SBATCH --reservation={{ o.reservation }}
+{% endif %}
+set -euo pipefail
+trap 'echo SIGTERM received' TERM
+echo "AI factory session: job $SLURM_JOB_ID on $(hostname), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
+{% if course_sync %}{{ course_sync }} || echo "course copy failed; your earlier files are unchanged"
+{% endif %}{{ srun }}{{ cmd }}
+echo "jupyterhub-singleuser ended gracefully"
+"""
+
+_template = Environment(undefined=StrictUndefined, keep_trailing_newline=True).from_string(TEMPLATE)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Values the hub controls (not the user)."""
+
+    username: str
+    homedir: str
+    cmd: str  # the single-user command line, built by the spawner
+    keepvars: list[str]
+    job_name: str = "jupyterhub"
+    srun: str = "srun"
+    venv: str = "/opt/aifactory/venv"
+    site_file: str = ""
+
+
+def _check(ctx: JobContext) -> None:
+    if not PATH_RE.match(ctx.homedir):
+        raise ValueError(f"home directory {ctx.homedir!r} has characters a batch script cannot take")
+    if not PATH_RE.match(ctx.venv) or (ctx.site_file and not PATH_RE.match(ctx.site_file)):
+        raise ValueError("venv and site file must be plain absolute paths")
+    if not JOB_NAME_RE.match(ctx.job_name):
+        raise ValueError(f"job name {ctx.job_name!r} is not allowed")
+    bad = [name for name in ctx.keepvars if not ENV_NAME_RE.match(name)]
+    if bad:
+        raise ValueError(f"environment variable names not allowed: {bad}")
+    if "\n" in ctx.cmd:
+        raise ValueError("the single-user command must be one line")
+
+
+def course_sync_command(options: SessionOptions, ctx: JobContext) -> str:
+    if not options.course:
+        return ""
+    site = f" --site {shlex.quote(ctx.site_file)}" if ctx.site_file else ""
+    return f"{ctx.venv}/bin/aifactory{site} courses sync {shlex.quote(options.course)}"
+
+
+def render(options: SessionOptions, ctx: JobContext) -> str:
+    """The batch script for a session. Raises ValueError on hub-side values that are unsafe."""
+    _check(ctx)
+    return _template.render(
+        o=options,
+        job_name=ctx.job_name,
+        homedir=ctx.homedir,
+        keepvars=",".join(ctx.keepvars),
+        course_sync=course_sync_command(options, ctx),
+        srun=f"{ctx.srun} " if ctx.srun else "",
+        cmd=ctx.cmd,
+    )

@@ -1,0 +1,92 @@
+"""The course catalogue: a hub-authenticated service at ``/services/catalogue/``.
+
+Cards show title, level, duration, GPU need, objectives and prerequisites. "Start course"
+links to the hub's spawn URL for a named server called after the course, with
+``?course=<slug>``; the spawner validates the course and its resources like any form input,
+copies the notebooks into ``~/courses/<slug>`` and opens the first notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import ioloop, web
+
+from .courses import load_courses
+from .site import Site, load_site
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+def start_url(hub_prefix: str, username: str, slug: str) -> str:
+    """Spawn (or open) the named server for a course."""
+    return url_path_join(hub_prefix, "spawn", quote(username, safe=""), slug) + f"?course={slug}"
+
+
+def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[str] | None = None) -> str:
+    courses, problems = load_courses(site)
+    running = running or set()
+    cards = [
+        {
+            "course": course,
+            "start_url": start_url(hub_prefix, username, course.slug),
+            "open_url": url_path_join("/user", quote(username, safe=""), course.slug, "lab", "tree",
+                                      "courses", course.slug, course.first_notebook),
+            "running": course.slug in running,
+            "gpu_label": (f"{course.resources.gpus} GPU" + ("s" if course.resources.gpus > 1 else "")
+                          + ("" if course.resources.gpu_type == "any" else f" ({course.resources.gpu_type})"))
+            if course.requires_gpu else "CPU only",
+        }
+        for course in courses.values()
+    ]
+    return _templates.get_template("catalogue.html").render(
+        cards=cards, username=username, hub_prefix=hub_prefix, problems=len(problems)
+    )
+
+
+class CatalogueHandler(HubOAuthenticated, web.RequestHandler):
+    def initialize(self, site: Site):
+        self.site = site
+
+    @web.authenticated
+    async def get(self):
+        user = self.get_current_user()
+        hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
+        servers = set(user.get("servers", {}) or {})
+        self.finish(render_catalogue(self.site, user["name"], hub_prefix, servers))
+
+
+def make_app(site: Site) -> web.Application:
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/catalogue/")
+    return web.Application(
+        [
+            (prefix, CatalogueHandler, {"site": site}),
+            (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
+            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        ],
+        cookie_secret=os.urandom(32),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--site", required=True)
+    args = parser.parse_args()
+    site = load_site(args.site)
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+    port = int(url.rsplit(":", 1)[-1].split("/")[0])
+    make_app(site).listen(port, "127.0.0.1")
+    ioloop.IOLoop.current().start()
+
+
+if __name__ == "__main__":
+    main()

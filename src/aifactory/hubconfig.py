@@ -1,0 +1,125 @@
+"""Apply the site file to a JupyterHub ``Config``: one small function per section.
+
+``hub_config/jupyterhub_config.py`` calls ``apply_site(c, site)`` and nothing else; tests
+apply it to a bare ``traitlets.config.Config()`` and assert on the result.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .site import Site
+
+CATALOGUE_PORT = 10101
+
+
+def apply_spawner(c, site: Site, venv: str) -> None:
+    c.JupyterHub.spawner_class = "aifactory"
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 5
+    # sessions are Slurm jobs: a hub restart must not cancel them
+    c.JupyterHub.cleanup_servers = False
+    c.AIFactorySpawner.site_file = str(site.path)
+    c.AIFactorySpawner.venv = venv
+    c.AIFactorySpawner.max_queue_wait = site.max_queue_wait_seconds
+    c.AIFactorySpawner.startup_timeout = site.startup_seconds
+    c.Spawner.default_url = "/lab"
+    c.Spawner.environment = {"PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"}
+    c.Spawner.http_timeout = site.startup_seconds
+
+
+def apply_authentication(c, site: Site) -> None:
+    auth = site.authentication
+    members = sorted({user for users in site.groups.values() for user in users})
+    if auth.get("method", "pam") == "oidc":
+        oidc = auth["oidc"]
+        c.JupyterHub.authenticator_class = "generic-oauth"
+        c.GenericOAuthenticator.client_id = oidc["client_id"]
+        c.GenericOAuthenticator.client_secret = os.environ.get(oidc.get("client_secret_env", ""), "")
+        c.GenericOAuthenticator.authorize_url = oidc["authorize_url"]
+        c.GenericOAuthenticator.token_url = oidc["token_url"]
+        c.GenericOAuthenticator.userdata_url = oidc["userdata_url"]
+        c.GenericOAuthenticator.username_claim = oidc.get("username_claim", "preferred_username")
+        c.GenericOAuthenticator.scope = list(oidc.get("scope", ["openid"]))
+        c.GenericOAuthenticator.manage_groups = bool(oidc.get("manage_groups", False))
+        c.GenericOAuthenticator.auth_state_groups_key = oidc.get("auth_state_groups_key", "")
+        c.GenericOAuthenticator.allowed_groups = set(site.groups)
+        c.GenericOAuthenticator.admin_groups = {"admins"}
+    else:
+        c.JupyterHub.authenticator_class = "pam"
+        # HPC login nodes manage sessions themselves
+        c.PAMAuthenticator.open_sessions = False
+        c.Authenticator.allowed_users = set(members)
+    c.Authenticator.admin_users = set(site.groups.get("admins", ()))
+
+
+def apply_groups_and_roles(c, site: Site) -> None:
+    c.JupyterHub.load_groups = {name: {"users": list(users)} for name, users in site.groups.items()}
+    c.JupyterHub.load_roles = [
+        {
+            "name": "instructor",
+            "description": "See and manage the sessions of students",
+            "groups": ["instructors"],
+            "scopes": [
+                "self",
+                "list:users",
+                "read:users!group=students",
+                "read:servers!group=students",
+                "delete:servers!group=students",
+                "read:groups!group=students",
+            ],
+        },
+    ]
+
+
+def apply_services(c, site: Site, venv: str) -> None:
+    python = f"{venv}/bin/python" if Path(f"{venv}/bin/python").exists() else sys.executable
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            "command": [python, "-m", "jupyterhub_idle_culler",
+                        f"--timeout={site.culler_timeout_seconds}",
+                        f"--cull-every={site.culler_every_seconds}"],
+        },
+        {
+            "name": "catalogue",
+            "display": True,
+            "url": f"http://127.0.0.1:{CATALOGUE_PORT}",
+            "command": [python, "-m", "aifactory.catalogue", "--site", str(site.path)],
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": [],
+        },
+    ]
+    c.JupyterHub.load_roles = [
+        *c.JupyterHub.get("load_roles", []),
+        {
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            # culling stops the Slurm job and frees its GPUs
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        },
+        {
+            "name": "catalogue",
+            "services": ["catalogue"],
+            "scopes": ["list:users", "read:users", "read:servers"],
+        },
+    ]
+    c.JupyterHub.default_url = "/hub/home"
+
+
+def apply_site(c, site: Site, venv: str = "/opt/aifactory/venv", state_dir: str | None = None) -> None:
+    """Everything the hub needs from the site file."""
+    apply_spawner(c, site, venv)
+    apply_authentication(c, site)
+    apply_groups_and_roles(c, site)
+    apply_services(c, site, venv)
+    if state_dir:
+        state = Path(state_dir)
+        c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+        c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+        c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+    chp = Path(venv).parent / "node_modules" / ".bin" / "configurable-http-proxy"
+    if chp.exists():
+        c.ConfigurableHTTPProxy.command = [str(chp)]

@@ -1,0 +1,244 @@
+"""Session options: the options form, and the single validator for form, REST API and courses.
+
+Nothing a user sends reaches a batch script unless it passed ``validate``: every string is
+matched against an allow-list (site partitions, GPU types, the user's own Slurm
+associations, reservations that admit the user, course slugs), every number is an integer
+inside the site limits. Errors name the field.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from .site import Site
+from .slurm import Association, GpuAvailability, Reservation
+
+OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "cpus", "memory_gb", "hours",
+               "reservation", "course")
+NUMBER_KEYS = ("gpus", "cpus", "memory_gb", "hours")
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FORBIDDEN_RE = re.compile(r"[\x00-\x1f\x7f;&|`$<>(){}\[\]\\'\"*?!#~=\s]")
+
+
+class OptionsError(ValueError):
+    """Refused session options; ``field`` names the offending option."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Validated options: the only values that reach the batch script."""
+
+    partition: str
+    account: str
+    qos: str
+    gpu_type: str  # "any" or a site GPU type
+    gpus: int
+    cpus: int
+    memory_gb: int
+    hours: int
+    reservation: str = ""
+    course: str = ""
+
+    @property
+    def gres(self) -> str:
+        if not self.gpus:
+            return ""
+        return f"gpu:{self.gpus}" if self.gpu_type == "any" else f"gpu:{self.gpu_type}:{self.gpus}"
+
+    @property
+    def time_limit(self) -> str:
+        return f"{self.hours:02d}:00:00"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class UserContext:
+    """What a user may use: from their Slurm associations and the cluster state."""
+
+    username: str
+    associations: list[Association]
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    gpus: dict[str, GpuAvailability] = field(default_factory=dict)
+    courses: dict = field(default_factory=dict)  # slug -> courses.Course
+
+    @property
+    def accounts(self) -> list[str]:
+        return [a.account for a in self.associations]
+
+    def association(self, account: str) -> Association | None:
+        return next((a for a in self.associations if a.account == account), None)
+
+    def usable_reservations(self) -> list[Reservation]:
+        return [r for r in self.reservations.values() if r.admits(self.username, self.accounts)]
+
+
+def _string(raw: dict, key: str, default: str = "") -> str:
+    value = raw.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, str):
+        raise OptionsError(key, f"must be a text value, got {type(value).__name__}")
+    if FORBIDDEN_RE.search(value):
+        bad = sorted({repr(c) for c in FORBIDDEN_RE.findall(value)})
+        raise OptionsError(key, f"contains characters that are not allowed ({', '.join(bad)})")
+    if value and not SAFE_NAME_RE.match(value):
+        raise OptionsError(key, f"{value!r} is not a valid name")
+    return value
+
+
+def _integer(raw: dict, key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or value is None:
+        raise OptionsError(key, f"must be a whole number, got {value!r}")
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*\d{1,6}\s*", value):
+            raise OptionsError(key, f"must be a whole number, got {value[:40]!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise OptionsError(key, f"must be a whole number, got {type(value).__name__}")
+    return value
+
+
+def _choice(key: str, value: str, allowed, what: str) -> str:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise OptionsError(key, f"{what} {value!r} is not available to you "
+                                f"(choose from: {', '.join(allowed) or 'none'})")
+    return value
+
+
+def _in_range(key: str, value: int, low: int, high: int, why: str = "") -> int:
+    if not low <= value <= high:
+        raise OptionsError(key, f"{value} is outside the allowed range {low}..{high}{why}")
+    return value
+
+
+def normalise_form(formdata: dict[str, list[str]]) -> dict:
+    """Form posts arrive as lists of strings: keep the single value of each field."""
+    options = {}
+    for key, values in formdata.items():
+        if not isinstance(values, list) or len(values) != 1:
+            raise OptionsError(key, "must be given exactly once")
+        options[key] = values[0]
+    return options
+
+
+def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
+    """The one validator: returns SessionOptions or raises OptionsError naming the field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise OptionsError("options", f"must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in OPTION_KEYS)
+    if unknown:
+        raise OptionsError(unknown[0], f"unknown option (allowed: {', '.join(OPTION_KEYS)})")
+    if not ctx.associations:
+        raise OptionsError("account", f"user {ctx.username!r} has no Slurm account; ask the admins to add you")
+
+    course_slug = _string(raw, "course")
+    defaults = {}
+    if course_slug:
+        _choice("course", course_slug, ctx.courses, "course")
+        defaults = ctx.courses[course_slug].resources.as_options()
+
+    limits = site.limits
+    partition = _choice("partition", _string(raw, "partition", defaults.get("partition", site.default_partition.name)),
+                        site.partitions, "partition")
+    account = _choice("account", _string(raw, "account", ctx.accounts[0]), ctx.accounts, "account")
+    association = ctx.association(account)
+    default_qos = association.default_qos if association.default_qos in site.qos else ""
+    qos = _string(raw, "qos", default_qos)
+    if qos or association.qos:
+        qos = _choice("qos", qos, [q for q in association.qos if q in site.qos], f"QOS for account {account!r}:")
+    gpu_type = _choice("gpu_type", _string(raw, "gpu_type", defaults.get("gpu_type", "any")),
+                       ["any", *site.gpu_types], "GPU type")
+
+    default_gpus = limits["gpus"].default if site.partitions[partition].gpus else 0
+    gpus = _integer(raw, "gpus", defaults.get("gpus", default_gpus))
+    cpus = _integer(raw, "cpus", defaults.get("cpus", limits["cpus"].default))
+    memory_gb = _integer(raw, "memory_gb", defaults.get("memory_gb", limits["memory_gb"].default))
+    hours = _integer(raw, "hours", defaults.get("hours", limits["hours"].default))
+
+    _in_range("gpus", gpus, limits["gpus"].min, limits["gpus"].max)
+    if gpus and not site.partitions[partition].gpus:
+        raise OptionsError("gpus", f"partition {partition!r} has no GPUs; choose 0 GPUs or a GPU partition")
+    if qos and gpus > site.qos[qos].max_gpus_per_user:
+        raise OptionsError("gpus", f"QOS {qos!r} allows at most {site.qos[qos].max_gpus_per_user} GPU(s) per user")
+    if gpus and gpu_type != "any" and gpus > site.gpu_types[gpu_type].count:
+        raise OptionsError("gpus", f"the site has only {site.gpu_types[gpu_type].count} {gpu_type} GPU(s)")
+    _in_range("cpus", cpus, limits["cpus"].min, limits["cpus"].max)
+    _in_range("memory_gb", memory_gb, limits["memory_gb"].min, limits["memory_gb"].max)
+    max_hours = min(limits["hours"].max, site.partitions[partition].max_hours,
+                    site.qos[qos].max_hours if qos else limits["hours"].max)
+    _in_range("hours", hours, limits["hours"].min, max_hours,
+              f" (partition {partition!r}{f' and QOS {qos!r}' if qos else ''})")
+
+    reservation = _string(raw, "reservation")
+    if reservation:
+        _choice("reservation", reservation, [r.name for r in ctx.usable_reservations()], "reservation")
+    return SessionOptions(partition, account, qos, gpu_type, gpus, cpus, memory_gb, hours,
+                          reservation, course_slug)
+
+
+# ---------------------------------------------------------------- the form
+
+_templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+
+
+def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> str:
+    """The options form, from the site file and live cluster data; ``previous`` preselects."""
+    previous = previous or {}
+    limits = site.limits
+
+    def pick(key, default):
+        value = previous.get(key, default)
+        return html.escape(str(value)) if value is not None else default
+
+    accounts = []
+    for association in ctx.associations:
+        accounts.append({
+            "name": association.account,
+            "description": site.accounts[association.account].description
+            if association.account in site.accounts else "",
+            "qos": [q for q in association.qos if q in site.qos],
+            "default_qos": association.default_qos,
+        })
+    gpu_types = []
+    for gpu in site.gpu_types.values():
+        availability = ctx.gpus.get(gpu.name)
+        free = availability.free if availability else None
+        gpu_types.append({"name": gpu.name, "description": gpu.description, "free": free, "total": gpu.count})
+    return _templates.get_template("options_form.html").render(
+        site=site,
+        limits=limits,
+        partitions=list(site.partitions.values()),
+        accounts=accounts,
+        qos=site.qos,
+        gpu_types=gpu_types,
+        reservations=ctx.usable_reservations(),
+        selected={
+            "partition": pick("partition", site.default_partition.name),
+            "account": pick("account", ctx.accounts[0] if ctx.accounts else ""),
+            "qos": pick("qos", ""),
+            "gpu_type": pick("gpu_type", "any"),
+            "gpus": pick("gpus", limits["gpus"].default),
+            "cpus": pick("cpus", limits["cpus"].default),
+            "memory_gb": pick("memory_gb", limits["memory_gb"].default),
+            "hours": pick("hours", limits["hours"].default),
+            "reservation": pick("reservation", ""),
+        },
+    )

@@ -1,0 +1,282 @@
+"""Slurm queries: the one place that runs sinfo / squeue / sacct / sacctmgr / scontrol.
+
+Commands run without a shell (argument lists) and with a timeout. Parsing is done by pure
+functions (``parse_*``) that the unit tests feed with real command output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+DEFAULT_TIMEOUT = 15.0
+
+# squeue/scontrol errors that mean "the controller did not answer", not "the job is gone"
+CONTROLLER_TROUBLE_RE = re.compile(
+    r"slurm_load_jobs error: (?!Invalid job id)|Socket timed out|Unable to contact slurm controller"
+    r"|Connection refused|Zero Bytes were transmitted|Transport endpoint|slurm_receive_msg"
+)
+INVALID_JOB_RE = re.compile(r"Invalid job id specified")
+
+
+class SlurmUnavailable(RuntimeError):
+    """The controller (or database) did not answer: state is unknown, retry later."""
+
+
+class SlurmCommandError(RuntimeError):
+    """A Slurm command answered with an error."""
+
+
+async def run(argv: list[str], *, timeout: float = DEFAULT_TIMEOUT, input: str | None = None) -> str:
+    """Run a command, return stdout. Timeouts and controller trouble raise SlurmUnavailable."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as e:
+        raise SlurmUnavailable(f"cannot run {argv[0]}: {e}") from e
+    try:
+        out, err = await asyncio.wait_for(
+            proc.communicate(input.encode() if input is not None else None), timeout
+        )
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SlurmUnavailable(f"{' '.join(argv)} did not answer within {timeout:.0f} s") from None
+    stderr = err.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        if CONTROLLER_TROUBLE_RE.search(stderr):
+            raise SlurmUnavailable(stderr)
+        raise SlurmCommandError(stderr or f"{argv[0]} exited with {proc.returncode}")
+    return out.decode(errors="replace")
+
+
+# ---------------------------------------------------------------- associations (sacctmgr)
+
+
+@dataclass(frozen=True)
+class Association:
+    account: str
+    qos: tuple[str, ...]
+    default_qos: str
+    is_default_account: bool = False
+
+
+ASSOC_FORMAT = "account,qos,defaultqos"
+
+
+def parse_associations(assoc_text: str, default_account: str = "") -> list[Association]:
+    """``sacctmgr -n -P show assoc user=U format=account,qos,defaultqos``."""
+    associations = {}
+    for line in assoc_text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        account, qos, default_qos = parts[0], parts[1], parts[2]
+        qos_list = tuple(q for q in qos.split(",") if q)
+        associations[account] = Association(
+            account, qos_list, default_qos or (qos_list[0] if qos_list else ""),
+            account == default_account,
+        )
+    return sorted(associations.values(), key=lambda a: (not a.is_default_account, a.account))
+
+
+async def user_associations(username: str) -> list[Association]:
+    assoc = await run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={username}", f"format={ASSOC_FORMAT}"])
+    user = await run(["sacctmgr", "-n", "-P", "show", "user", username, "format=defaultaccount"])
+    return parse_associations(assoc, user.strip().splitlines()[0] if user.strip() else "")
+
+
+# ---------------------------------------------------------------- GPUs (sinfo)
+
+
+@dataclass(frozen=True)
+class GpuAvailability:
+    gpu_type: str
+    total: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        return max(self.total - self.used, 0)
+
+
+GRES_ITEM_RE = re.compile(r"gpu:(?P<type>[\w.-]+):(?P<count>\d+)")
+
+
+def parse_gpu_availability(sinfo_text: str) -> dict[str, GpuAvailability]:
+    """``sinfo -h -N -O 'NodeHost:|,Gres:|,GresUsed:|,StateCompact:'`` (one line per node and partition).
+
+    Down/drained nodes contribute no free GPUs. Lines repeat per partition; count each node once.
+    """
+    total: dict[str, int] = {}
+    used: dict[str, int] = {}
+    seen = set()
+    for line in sinfo_text.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) < 4 or fields[0] in seen:
+            continue
+        node, gres, gres_used, state = fields[:4]
+        seen.add(node)
+        unusable = state.startswith(("down", "drain", "fail")) or state.endswith("*")
+        node_total = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(gres)}
+        node_used = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(gres_used)}
+        for gpu_type, count in node_total.items():
+            total[gpu_type] = total.get(gpu_type, 0) + count
+            used[gpu_type] = used.get(gpu_type, 0) + (count if unusable else node_used.get(gpu_type, 0))
+    return {t: GpuAvailability(t, total[t], used[t]) for t in total}
+
+
+async def gpu_availability() -> dict[str, GpuAvailability]:
+    return parse_gpu_availability(
+        await run(["sinfo", "-h", "-N", "-O", "NodeHost:|,Gres:|,GresUsed:|,StateCompact:"])
+    )
+
+
+# ---------------------------------------------------------------- reservations (scontrol)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    name: str
+    state: str
+    start: str
+    end: str
+    users: tuple[str, ...]
+    accounts: tuple[str, ...]
+    partition: str
+
+    def admits(self, username: str, accounts: list[str]) -> bool:
+        if self.users and username in self.users:
+            return True
+        return bool(self.accounts and set(self.accounts) & set(accounts))
+
+
+def parse_reservations(scontrol_text: str) -> dict[str, Reservation]:
+    """``scontrol show reservation -o``: one line of key=value pairs per reservation."""
+    reservations = {}
+    for line in scontrol_text.splitlines():
+        pairs = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "ReservationName" not in pairs:
+            continue
+
+        def names(key, pairs=pairs):
+            return tuple(v for v in pairs.get(key, "").split(",") if v and v != "(null)")
+
+        reservations[pairs["ReservationName"]] = Reservation(
+            pairs["ReservationName"], pairs.get("State", ""), pairs.get("StartTime", ""),
+            pairs.get("EndTime", ""), names("Users"), names("Accounts"),
+            pairs.get("PartitionName", "") if pairs.get("PartitionName") != "(null)" else "",
+        )
+    return reservations
+
+
+async def reservations() -> dict[str, Reservation]:
+    text = await run(["scontrol", "show", "reservation", "-o"])
+    if "No reservations in the system" in text:
+        return {}
+    return parse_reservations(text)
+
+
+# ---------------------------------------------------------------- jobs (squeue, sacct)
+
+# what the spawner asks squeue for; '|' separated, the execution host last
+JOB_QUERY_FORMAT = "%T|%r|%S|%B"
+
+
+@dataclass(frozen=True)
+class JobState:
+    state: str  # PENDING, RUNNING, COMPLETING, ...
+    reason: str
+    expected_start: datetime | None
+    host: str
+
+    @property
+    def pending(self) -> bool:
+        return self.state in ("PENDING", "CONFIGURING")
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("RUNNING", "COMPLETING")
+
+
+def _slurm_time(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+
+
+def parse_job_state(squeue_text: str) -> JobState | None:
+    """One line of ``squeue -h -j ID -o '%T|%r|%S|%B'``; None when the job is not listed."""
+    lines = [line for line in squeue_text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    parts = lines[-1].strip().split("|")
+    if len(parts) != 4:
+        return None
+    state, reason, start, host = parts
+    return JobState(state, "" if reason in ("None", "(null)") else reason, _slurm_time(start),
+                    "" if host in ("n/a", "(null)") else host)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    state: str  # COMPLETED, CANCELLED by 1001, FAILED, TIMEOUT, OUT_OF_MEMORY, ...
+    exit_code: str
+    elapsed: str
+
+
+def parse_sacct(sacct_text: str) -> JobRecord | None:
+    """``sacct -X -n -P -j ID -o JobID,State,ExitCode,Elapsed``."""
+    for line in sacct_text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            return JobRecord(*parts)
+    return None
+
+
+async def job_record(job_id: str) -> JobRecord | None:
+    return parse_sacct(await run(["sacct", "-X", "-n", "-P", "-j", job_id,
+                                  "-o", "JobID,State,ExitCode,Elapsed"]))
+
+
+def parse_squeue_overview(squeue_text: str) -> list[dict]:
+    """``squeue -h -o '%i|%u|%a|%P|%T|%M|%l|%b|%j'`` into dicts (for dashboards)."""
+    keys = ("job_id", "user", "account", "partition", "state", "elapsed", "time_limit", "gres", "name")
+    rows = []
+    for line in squeue_text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == len(keys):
+            rows.append(dict(zip(keys, parts, strict=True)))
+    return rows
+
+
+# Why a job waits, in words a student understands.
+PENDING_REASONS = {
+    "Resources": "the resources you asked for are busy; it starts when they are free",
+    "Priority": "jobs with higher priority (fair-share) are ahead of yours",
+    "QOSMaxGRESPerUser": "you already use the most GPUs your QOS allows at once; stop another session",
+    "QOSMaxGRESPerUserLimit": "you already use the most GPUs your QOS allows at once; stop another session",
+    "AssocGrpGRES": "your account's GPU quota is in use",
+    "AssocMaxJobsLimit": "you have reached the maximum number of jobs of your account",
+    "QOSMaxWallDurationPerJobLimit": "the wall time is longer than your QOS allows",
+    "PartitionTimeLimit": "the wall time is longer than the partition allows",
+    "ReqNodeNotAvail": "the nodes are reserved or in maintenance",
+    "Reservation": "waiting for the reservation to start",
+    "BeginTime": "the job is scheduled to start later",
+    "Dependency": "waiting for another job to finish",
+    "JobHeldUser": "the job is held",
+    "JobHeldAdmin": "the job is held by an administrator",
+}
+
+
+def explain_reason(reason: str) -> str:
+    base = reason.split(",")[0].strip()
+    return PENDING_REASONS.get(base, "")

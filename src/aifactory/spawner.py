@@ -1,0 +1,325 @@
+"""AIFactorySpawner: batchspawner's SlurmSpawner with validated options and honest job states.
+
+What it changes compared with stock SlurmSpawner:
+
+- options arrive from the form, the REST API or a course link and pass the one validator
+  (``options.validate``) in ``apply_user_options``; only ``SessionOptions`` reach the batch
+  script (batchspawner's merge of raw ``user_options`` into the template is closed);
+- squeue trouble (timeouts, controller down) is "unknown, retry", never "stopped";
+- a queued job is not killed by ``start_timeout``: the site's ``max_queue_wait`` applies,
+  with the Slurm reason and expected start shown while waiting;
+- a job that dies while JupyterLab starts is noticed at once and reported with its sacct state;
+- the port callback accepts only ``port`` (see ``handlers.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pwd
+import shlex
+import time
+from datetime import datetime
+from functools import cached_property
+
+from batchspawner import JobStatus, SlurmSpawner
+from tornado import web
+from traitlets import Float, Integer, Unicode, default
+
+from . import batchscript, handlers, slurm
+from .courses import load_courses
+from .options import OptionsError, SessionOptions, UserContext, normalise_form, render_form, validate
+from .site import USERNAME_RE, load_site
+
+handlers.install()
+
+
+class AIFactorySpawner(SlurmSpawner):
+    site_file = Unicode(
+        "",
+        help="Path of the site file (hub_config/site.yaml): partitions, GPU types, limits, courses.",
+    ).tag(config=True)
+
+    venv = Unicode(
+        "/opt/aifactory/venv",
+        help="World-readable virtual environment on the compute nodes with jupyterlab and aifactory.",
+    ).tag(config=True)
+
+    max_queue_wait = Integer(
+        600,
+        help="Seconds a session may wait in the Slurm queue before the hub cancels it with a message.",
+    ).tag(config=True)
+
+    startup_timeout = Integer(
+        120,
+        help="Seconds JupyterLab may take to start once the Slurm job runs.",
+    ).tag(config=True)
+
+    slurm_timeout = Float(
+        15.0,
+        help="Seconds to wait for squeue/sacct before treating the state as unknown.",
+    ).tag(config=True)
+
+    context_cache_seconds = Float(
+        30.0,
+        help="How long the user's Slurm associations are cached for the form and validation.",
+    ).tag(config=True)
+
+    batch_query_cmd = Unicode(f"squeue -h -j {{job_id}} -o '{slurm.JOB_QUERY_FORMAT}'").tag(config=True)
+    state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
+
+    @default("start_timeout")
+    def _start_timeout_default(self):
+        # the queue wait is enforced by query_job_status with a clear message
+        return self.max_queue_wait + self.startup_timeout + 30
+
+    @default("cmd")
+    def _cmd_default(self):
+        return [f"{self.venv}/bin/jupyterhub-singleuser"]
+
+    @default("batchspawner_singleuser_cmd")
+    def _singleuser_default(self):
+        return f"{self.venv}/bin/batchspawner-singleuser"
+
+    @default("options_form")
+    def _options_form_default(self):
+        return AIFactorySpawner._render_options_form
+
+    @default("options_from_form")
+    def _options_from_form_default(self):
+        return self._remember_form
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self):
+        return AIFactorySpawner._apply_validated_options
+
+    session: SessionOptions | None = None
+    _pending_since: float | None = None
+    _context: tuple[float, UserContext] | None = None
+    _previous_form: dict | None = None
+
+    # ------------------------------------------------------------ site and user context
+
+    @cached_property
+    def site(self):
+        if not self.site_file:
+            raise web.HTTPError(500, "AIFactorySpawner.site_file is not configured")
+        return load_site(self.site_file)
+
+    def _check_username(self) -> str:
+        name = self.user.name
+        if not USERNAME_RE.match(name):
+            raise web.HTTPError(400, f"user name {name!r} cannot be used for Slurm jobs")
+        return name
+
+    async def user_context(self) -> UserContext:
+        """The user's Slurm associations, usable reservations, free GPUs and the courses."""
+        now = time.monotonic()
+        if self._context and now - self._context[0] < self.context_cache_seconds:
+            return self._context[1]
+        username = self._check_username()
+        try:
+            associations, reservations, gpus = await asyncio.gather(
+                slurm.user_associations(username), slurm.reservations(), slurm.gpu_availability()
+            )
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
+            raise web.HTTPError(503, f"The cluster did not answer ({e}); please try again in a minute.") from e
+        courses, _ = load_courses(self.site)
+        ctx = UserContext(username, associations, reservations, gpus, courses)
+        self._context = (now, ctx)
+        return ctx
+
+    async def _render_options_form(self) -> str:
+        try:
+            ctx = await self.user_context()
+        except web.HTTPError as e:
+            return f'<div class="alert alert-danger">{e.log_message}</div>'
+        if not ctx.associations:
+            return ('<div class="alert alert-danger">You have no Slurm account yet. '
+                    'Ask your instructor or the AI-factory admins to add you.</div>')
+        return render_form(self.site, ctx, previous=self._previous_form or self.user_options)
+
+    def _remember_form(self, formdata):
+        """Keep the submitted values so a refused form comes back filled in."""
+        try:
+            options = normalise_form(formdata)
+        except OptionsError as e:
+            raise web.HTTPError(400, str(e)) from e
+        self._previous_form = options
+        return options
+
+    def options_from_query(self, query_data):
+        return self._remember_form(query_data)
+
+    async def _apply_validated_options(self, user_options) -> None:
+        ctx = await self.user_context()
+        try:
+            session = validate(user_options, self.site, ctx)
+        except OptionsError as e:
+            self.log.warning("Refused options for %s: %s", self._log_name, e)
+            raise web.HTTPError(400, f"Invalid session options: {e}") from e
+        self.session = session
+        self._previous_form = None
+        self.req_partition = session.partition
+        self.req_account = session.account
+        self.req_qos = session.qos
+        self.req_runtime = session.time_limit
+        self.req_nprocs = str(session.cpus)
+        self.req_memory = f"{session.memory_gb}G"
+        self.req_gres = session.gres
+        self.req_reservation = session.reservation
+        if session.course:
+            course = ctx.courses[session.course]
+            self.default_url = f"/lab/tree/courses/{course.slug}/{course.first_notebook}"
+
+    # ------------------------------------------------------------ the batch script
+
+    async def _get_batch_script(self, **subvars):
+        # batchspawner passes subvars merged with raw user_options: ignore them and build the
+        # script from validated options and hub-controlled values only.
+        if self.session is None:
+            await self._apply_validated_options({})
+        username = self._check_username()
+        ctx = batchscript.JobContext(
+            username=username,
+            homedir=pwd.getpwnam(username).pw_dir,
+            cmd=self.cmd_formatted_for_batch(),
+            keepvars=sorted(self.get_env()),
+            job_name=f"jupyter-{self.name}" if self.name else "jupyter",
+            srun=self.req_srun,
+            venv=self.venv,
+            site_file=str(self.site.path),
+        )
+        return batchscript.render(self.session, ctx)
+
+    # ------------------------------------------------------------ job state
+
+    def _exec_prefix(self) -> list[str]:
+        return shlex.split(self.exec_prefix.format(username=self._check_username()))
+
+    async def query_job_status(self):
+        """squeue as the user; controller trouble or timeouts are UNKNOWN, not NOTFOUND."""
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        argv = [*self._exec_prefix(), "squeue", "-h", "-j", self.job_id, "-o", slurm.JOB_QUERY_FORMAT]
+        try:
+            out = await slurm.run(argv, timeout=self.slurm_timeout)
+        except slurm.SlurmUnavailable as e:
+            self.log.warning("Slurm did not answer for job %s (%s): state unknown, will retry", self.job_id, e)
+            self.job_status = f"UNKNOWN|{e}||"
+            return JobStatus.UNKNOWN
+        except slurm.SlurmCommandError as e:
+            if slurm.INVALID_JOB_RE.search(str(e)):
+                self.job_status = ""
+                return JobStatus.NOTFOUND
+            self.log.warning("squeue failed for job %s (%s): state unknown, will retry", self.job_id, e)
+            self.job_status = f"UNKNOWN|{e}||"
+            return JobStatus.UNKNOWN
+        state = slurm.parse_job_state(out)
+        self.job_status = out.strip().splitlines()[-1] if state else ""
+        if state is None:
+            return JobStatus.NOTFOUND
+        if state.running:
+            self._pending_since = None
+            return JobStatus.RUNNING
+        if state.pending:
+            await self._enforce_queue_wait(state)
+            return JobStatus.PENDING
+        return JobStatus.NOTFOUND
+
+    def job_state(self) -> slurm.JobState | None:
+        return slurm.parse_job_state(self.job_status) if self.job_status else None
+
+    async def _enforce_queue_wait(self, state: slurm.JobState) -> None:
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        waited = now - self._pending_since
+        if waited <= self.max_queue_wait:
+            return
+        job_id = self.job_id
+        reason = state.reason or "unknown"
+        await self.cancel_batch_job()
+        self.clear_state()
+        explanation = slurm.explain_reason(reason)
+        raise web.HTTPError(
+            503,
+            f"Your session (Slurm job {job_id}) waited {waited / 60:.0f} min in the queue, the most this "
+            f"site allows, and was cancelled. Slurm's reason: {reason}"
+            f"{f' ({explanation})' if explanation else ''}. Try fewer GPUs, another GPU type or partition, "
+            f"or try again later.",
+        )
+
+    async def _death_report(self, job_id: str) -> str:
+        try:
+            record = await slurm.job_record(job_id)
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
+            record = None
+        home = pwd.getpwnam(self.user.name).pw_dir
+        state = f" ({record.state}, exit code {record.exit_code})" if record else ""
+        return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
+                f"The job's log is {home}/.aifactory-session-{job_id}.log")
+
+    async def start(self):
+        """batchspawner's start, watched: a job that dies while JupyterLab starts is reported."""
+        self._check_username()
+        self._pending_since = None
+        starting = asyncio.ensure_future(super().start())
+        try:
+            while True:
+                done, _ = await asyncio.wait({starting}, timeout=max(self.startup_poll_interval, 1.0))
+                if done:
+                    return starting.result()
+                if not self.job_id or self.port:
+                    continue
+                state = self.job_state()
+                if state and state.running:
+                    # super().start() stopped polling and waits for the port: keep watching the job
+                    job_id = self.job_id
+                    if await self.query_job_status() == JobStatus.NOTFOUND:
+                        starting.cancel()
+                        self.clear_state()
+                        raise web.HTTPError(500, await self._death_report(job_id))
+        except asyncio.CancelledError:
+            starting.cancel()
+            raise
+        except RuntimeError as e:
+            if "disappeared" in str(e) and self.job_id == "":
+                raise web.HTTPError(500, f"{e} See ~/.aifactory-session-*.log in your home.") from e
+            raise
+
+    async def progress(self):
+        """Progress with Slurm's reason, the expected start and the queue-wait budget."""
+        while True:
+            state = self.job_state()
+            if state is None:
+                yield {"progress": 10, "message": "Submitting your session to Slurm..."}
+            elif state.pending:
+                waited = time.monotonic() - (self._pending_since or time.monotonic())
+                parts = [f"Waiting in the Slurm queue (job {self.job_id})"]
+                if state.reason:
+                    explanation = slurm.explain_reason(state.reason)
+                    parts.append(f"reason: {state.reason}" + (f" - {explanation}" if explanation else ""))
+                if state.expected_start:
+                    minutes = (state.expected_start - datetime.now()).total_seconds() / 60
+                    parts.append(f"expected start {state.expected_start:%H:%M}"
+                                 + (f" (in {minutes:.0f} min)" if minutes >= 1 else ""))
+                parts.append(f"waited {waited:.0f} s of at most {self.max_queue_wait // 60} min")
+                yield {"progress": 30, "message": "; ".join(parts)}
+            elif state.running:
+                yield {"progress": 70, "message": f"Slurm job {self.job_id} running on {state.host}; "
+                                                  "starting JupyterLab..."}
+                if self.port:
+                    return
+            else:
+                yield {"progress": 20, "message": f"Slurm state: {state.state} {state.reason}".strip()}
+            await asyncio.sleep(1)
+
+    async def poll(self):
+        status = await self.query_job_status()
+        if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+            return None
+        if self.job_id:
+            self.log.info("Job %s of %s is gone from Slurm: server stopped", self.job_id, self._log_name)
+        self.clear_state()
+        return 1
