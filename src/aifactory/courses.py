@@ -30,6 +30,8 @@ NOTEBOOK_RE = re.compile(r"^\d{2}-[a-z0-9][a-z0-9-]*\.ipynb$")
 LEVELS = ("beginner", "intermediate", "advanced")
 PARAMETERS = ("DEVICE", "DATA_SIZE", "EPOCHS", "SEED")
 STATE_FILE = ".aifactory-sync.json"
+# Jobs run as the user: they read courses from here, not from the (possibly private) source tree
+PUBLISHED_DIR = "/opt/aifactory/published"
 UPDATES_FILE = "UPDATES.md"
 
 
@@ -352,6 +354,33 @@ def fetch_fresh(course: Course, notebook: str, dest: Path, replace: bool = False
     return fresh
 
 
+def publish(site: Site, target: Path) -> tuple[list[str], list[str]]:
+    """Copy the site file and every valid course to ``target`` (world-readable).
+
+    Published courses are what students receive; invalid courses are left out (and listed).
+    Returns (published slugs, problems).
+    """
+    courses, problems = load_courses(site)
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "courses").mkdir(parents=True)
+    # demo passwords stay private; jobs only need the courses and limits
+    raw = {k: v for k, v in site.raw.items() if k != "demo_users"} | {"courses_dir": "courses"}
+    (staging / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for course in courses.values():
+        shutil.copytree(course.path, staging / "courses" / course.slug,
+                        ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.replace(old)
+    staging.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return sorted(courses), problems
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -370,6 +399,9 @@ def add_cli(subparsers, func) -> None:
     fetch.add_argument("--dest", type=Path, help="default: ~/courses/SLUG")
     fetch.add_argument("--replace", action="store_true",
                        help="back up your file and put the fresh copy in its place")
+    publish = actions.add_parser(
+        "publish", help="copy the site file and the valid courses to a world-readable folder for jobs")
+    publish.add_argument("--to", type=Path, default=Path(PUBLISHED_DIR))
     courses.set_defaults(func=func)
 
 
@@ -389,6 +421,12 @@ def cli(args, site: Site) -> int:
             print(f"error: {error}", file=sys.stderr)
         print(f"{len(courses)} course(s) valid, {len(errors)} problem(s)")
         return 1 if errors else 0
+    if args.action == "publish":
+        published, problems = publish(site, args.to)
+        for problem in problems:
+            print(f"not published: {problem}", file=sys.stderr)
+        print(f"published {len(published)} course(s) to {args.to}: {', '.join(published)}")
+        return 0
     if args.action == "list":
         courses, errors = load_courses(site)
         for course in courses.values():

@@ -10,9 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from .courses import PUBLISHED_DIR
 from .site import Site
 
-CATALOGUE_PORT = 10101
+CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
 
 
 def apply_spawner(c, site: Site, venv: str) -> None:
@@ -23,6 +24,7 @@ def apply_spawner(c, site: Site, venv: str) -> None:
     c.JupyterHub.cleanup_servers = False
     c.AIFactorySpawner.site_file = str(site.path)
     c.AIFactorySpawner.venv = venv
+    c.AIFactorySpawner.job_site_file = f"{PUBLISHED_DIR}/site.yaml"
     c.AIFactorySpawner.max_queue_wait = site.max_queue_wait_seconds
     c.AIFactorySpawner.startup_timeout = site.startup_seconds
     c.Spawner.default_url = "/lab"

@@ -44,6 +44,12 @@ class AIFactorySpawner(SlurmSpawner):
         help="World-readable virtual environment on the compute nodes with jupyterlab and aifactory.",
     ).tag(config=True)
 
+    job_site_file = Unicode(
+        "",
+        help="Site file as jobs see it (world-readable, from `aifactory courses publish`); "
+        "default: site_file.",
+    ).tag(config=True)
+
     max_queue_wait = Integer(
         600,
         help="Seconds a session may wait in the Slurm queue before the hub cancels it with a message.",
@@ -187,7 +193,7 @@ class AIFactorySpawner(SlurmSpawner):
             job_name=f"jupyter-{self.name}" if self.name else "jupyter",
             srun=self.req_srun,
             venv=self.venv,
-            site_file=str(self.site.path),
+            site_file=self.job_site_file or str(self.site.path),
         )
         return batchscript.render(self.session, ctx)
 
