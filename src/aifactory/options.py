@@ -128,6 +128,8 @@ def normalise_form(formdata: dict[str, list[str]]) -> dict:
     """Form posts arrive as lists of strings: keep the single value of each field."""
     options = {}
     for key, values in formdata.items():
+        if key == "_xsrf":  # JupyterHub's CSRF token travels with the form
+            continue
         if not isinstance(values, list) or len(values) != 1:
             raise OptionsError(key, "must be given exactly once")
         options[key] = values[0]

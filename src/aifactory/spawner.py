@@ -101,7 +101,9 @@ class AIFactorySpawner(SlurmSpawner):
     session: SessionOptions | None = None
     _pending_since: float | None = None
     _context: tuple[float, UserContext] | None = None
-    _previous_form: dict | None = None
+    # the last form each user submitted, so a refused form comes back filled in (JupyterHub
+    # re-renders the form of the default server even when a named server was refused)
+    _previous_forms: dict[str, dict] = {}
 
     # ------------------------------------------------------------ site and user context
 
@@ -142,7 +144,8 @@ class AIFactorySpawner(SlurmSpawner):
         if not ctx.associations:
             return ('<div class="alert alert-danger">You have no Slurm account yet. '
                     'Ask your instructor or the AI-factory admins to add you.</div>')
-        return render_form(self.site, ctx, previous=self._previous_form or self.user_options)
+        previous = self._previous_forms.get(self.user.name) or self.user_options
+        return render_form(self.site, ctx, previous=previous)
 
     def _remember_form(self, formdata):
         """Keep the submitted values so a refused form comes back filled in."""
@@ -150,7 +153,7 @@ class AIFactorySpawner(SlurmSpawner):
             options = normalise_form(formdata)
         except OptionsError as e:
             raise web.HTTPError(400, str(e)) from e
-        self._previous_form = options
+        self._previous_forms[self.user.name] = options
         return options
 
     def options_from_query(self, query_data):
@@ -164,7 +167,7 @@ class AIFactorySpawner(SlurmSpawner):
             self.log.warning("Refused options for %s: %s", self._log_name, e)
             raise web.HTTPError(400, f"Invalid session options: {e}") from e
         self.session = session
-        self._previous_form = None
+        self._previous_forms.pop(self.user.name, None)
         self.req_partition = session.partition
         self.req_account = session.account
         self.req_qos = session.qos

@@ -1,0 +1,90 @@
+"""Shared fixtures: the site, the real local Slurm cluster, a real hub with its proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from hubtools import Hub  # noqa: E402
+
+from aifactory.site import load_site  # noqa: E402
+
+SITE_FILE = ROOT / "hub_config" / "site.yaml"
+
+
+@pytest.fixture(scope="session")
+def site():
+    return load_site(SITE_FILE)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(site):
+    """The real single-node cluster (`make cluster`); started here if it is not running."""
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm tests run as root (they start the local cluster and use sudo -u USER)")
+    from aifactory import localcluster
+
+    if not all(localcluster.status().values()):
+        localcluster.start(site)
+    return site
+
+
+@pytest.fixture(scope="session")
+def hub(slurm_cluster, tmp_path_factory):
+    """A real JupyterHub + configurable-http-proxy on test ports, with short poll intervals."""
+    state = tmp_path_factory.mktemp("hub")
+    hub = Hub(state, SITE_FILE)
+    hub.start()
+    yield hub
+    hub.stop_all_servers()
+    hub.stop()
+
+
+@pytest.fixture
+def clean_hub(hub):
+    """The hub, with every test user's servers stopped after the test."""
+    yield hub
+    hub.stop_all_servers()
+    subprocess.run(["scancel", "--name=aifactory-test-blocker"], check=False)
+
+
+@pytest.fixture
+def blocker():
+    """Occupy GPUs with plain sbatch jobs of another user (cancelled after the test)."""
+    jobs = []
+
+    def occupy(user: str, gres: str, qos: str = "interactive") -> str:
+        out = subprocess.run(
+            ["sudo", "-u", user, "sbatch", "--parsable", "--job-name=aifactory-test-blocker",
+             f"--gres={gres}", f"--qos={qos}", "--mem=256M", "--time=00:10:00", "--chdir=/tmp",
+             "--output=/dev/null", "--wrap", "sleep 600"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        jobs.append(out)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = subprocess.run(["squeue", "-h", "-j", out, "-o", "%T"], capture_output=True, text=True).stdout
+            if "RUNNING" in state:
+                return out
+            time.sleep(0.5)
+        raise AssertionError(f"blocker job {out} did not start: {state}")
+
+    yield occupy
+    if jobs:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Debian's chromium is not installed (make install installs it)")
+    return path
