@@ -1,0 +1,111 @@
+"""Parsers of Slurm output, fed with output captured from Slurm 22.05 on this cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+import pytest
+
+from aifactory import slurm
+
+SINFO = """\
+vm|gpu:h100:2,gpu:a100:2|gpu:h100:1(IDX:0),gpu:a100:0(IDX:N/A)|mix
+vm|gpu:h100:2,gpu:a100:2|gpu:h100:1(IDX:0),gpu:a100:0(IDX:N/A)|mix
+"""
+SINFO_TWO_NODES_ONE_DOWN = """\
+n1|gpu:h100:4|gpu:h100:4(IDX:0-3)|alloc
+n2|gpu:h100:4,gpu:a100:2|gpu:h100:0(IDX:N/A),gpu:a100:0(IDX:N/A)|down*
+"""
+ASSOC = "uni-research|interactive,workshop|interactive\nregional-health|interactive,workshop|interactive\n"
+SCONTROL_RES = (
+    "ReservationName=ml-workshop StartTime=2026-11-27T09:00:00 EndTime=2026-11-27T17:00:00 "
+    "Duration=08:00:00 Nodes=vm NodeCnt=1 CoreCnt=16 Features=(null) PartitionName=gpu Flags= "
+    "TRES=cpu=16 Users=(null) Groups=(null) Accounts=uni-teaching Licenses=(null) State=INACTIVE "
+    "BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n"
+)
+
+
+def test_gpu_availability_counts_each_node_once():
+    gpus = slurm.parse_gpu_availability(SINFO)
+    assert (gpus["h100"].total, gpus["h100"].used, gpus["h100"].free) == (2, 1, 1)
+    assert gpus["a100"].free == 2
+
+
+def test_down_nodes_have_no_free_gpus():
+    gpus = slurm.parse_gpu_availability(SINFO_TWO_NODES_ONE_DOWN)
+    assert gpus["h100"].total == 8 and gpus["h100"].free == 0
+    assert gpus["a100"].free == 0
+
+
+def test_associations_default_account_first():
+    associations = slurm.parse_associations(ASSOC, default_account="uni-research")
+    assert [a.account for a in associations] == ["uni-research", "regional-health"]
+    assert associations[0].qos == ("interactive", "workshop")
+    assert associations[0].default_qos == "interactive"
+
+
+def test_reservations():
+    reservation = slurm.parse_reservations(SCONTROL_RES)["ml-workshop"]
+    assert reservation.accounts == ("uni-teaching",) and reservation.users == ()
+    assert reservation.admits("student9", ["uni-teaching"])
+    assert not reservation.admits("partner1", ["regional-energy"])
+
+
+@pytest.mark.parametrize(
+    "line,state,reason,start,host",
+    [
+        ("RUNNING|None|2026-11-26T23:26:54|vm", "RUNNING", "", datetime(2026, 11, 26, 23, 26, 54), "vm"),
+        ("PENDING|Resources|2026-11-27T01:00:00|n/a", "PENDING", "Resources", datetime(2026, 11, 27, 1), ""),
+        ("PENDING|QOSMaxGRESPerUser|N/A|n/a", "PENDING", "QOSMaxGRESPerUser", None, ""),
+    ],
+)
+def test_job_state(line, state, reason, start, host):
+    job = slurm.parse_job_state(line + "\n")
+    assert (job.state, job.reason, job.expected_start, job.host) == (state, reason, start, host)
+
+
+def test_job_not_listed():
+    assert slurm.parse_job_state("") is None
+
+
+def test_sacct_record():
+    record = slurm.parse_sacct("2|CANCELLED by 1001|0:0|00:00:00\n")
+    assert record.state == "CANCELLED by 1001" and record.exit_code == "0:0"
+
+
+def test_reasons_are_explained():
+    assert "GPUs" in slurm.explain_reason("QOSMaxGRESPerUser")
+    assert slurm.explain_reason("SomethingNew") == ""
+
+
+def test_controller_trouble_is_unavailable_not_an_error(tmp_path):
+    fake = tmp_path / "squeue"
+    fake.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(slurm.SlurmUnavailable):
+        asyncio.run(slurm.run([str(fake)]))
+    gone = tmp_path / "gone"
+    gone.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    gone.chmod(0o755)
+    with pytest.raises(slurm.SlurmCommandError):
+        asyncio.run(slurm.run([str(gone)]))
+
+
+def test_hanging_command_times_out_as_unavailable(tmp_path):
+    with pytest.raises(slurm.SlurmUnavailable, match="did not answer"):
+        asyncio.run(slurm.run(["sleep", "5"], timeout=0.3))
+
+
+@pytest.mark.slurm
+def test_live_sinfo_matches_the_site(slurm_cluster):
+    gpus = asyncio.run(slurm.gpu_availability())
+    assert {name: g.total for name, g in gpus.items()} == {
+        name: g.count for name, g in slurm_cluster.gpu_types.items()}
+
+
+@pytest.mark.slurm
+def test_live_associations_of_a_demo_user(slurm_cluster):
+    associations = asyncio.run(slurm.user_associations("instructor1"))
+    assert associations[0].account == "uni-teaching"  # the default account comes first
+    assert {a.account for a in associations} == {"uni-teaching", "uni-research"}
