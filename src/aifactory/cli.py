@@ -7,9 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_SITE = os.environ.get(
-    "AIFACTORY_SITE", str(Path(__file__).resolve().parents[2] / "hub_config" / "site.yaml")
-)
+
+
+def default_site() -> str:
+    """$AIFACTORY_SITE, else the checkout's hub_config/site.yaml, else the published copy."""
+    if os.environ.get("AIFACTORY_SITE"):
+        return os.environ["AIFACTORY_SITE"]
+    local = Path.cwd() / "hub_config" / "site.yaml"
+    return str(local) if local.exists() else "/opt/aifactory/published/site.yaml"
 
 
 def _site(args):
@@ -54,7 +59,8 @@ def cmd_courses(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
-    parser.add_argument("--site", default=DEFAULT_SITE, help="site file (default: %(default)s)")
+    parser.add_argument("--site", default=default_site(),
+                        help="site file (default: $AIFACTORY_SITE, ./hub_config/site.yaml or the published one)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cluster = sub.add_parser("cluster", help="the local single-node Slurm cluster")

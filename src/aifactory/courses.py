@@ -178,6 +178,7 @@ def check_notebook(path: Path, problems: CourseProblems) -> None:
 
 def load_course(folder: Path, site: Site, problems: CourseProblems | None = None) -> Course | None:
     problems = problems if problems is not None else CourseProblems()
+    before = len(problems.errors)
     slug = folder.name
     where = str(folder / "course.yaml")
     if not SLUG_RE.match(slug):
@@ -199,7 +200,6 @@ def load_course(folder: Path, site: Site, problems: CourseProblems | None = None
              "prerequisites", "resources", "notebooks"}
     for key in sorted(set(raw) - known):
         problems.add(where, f"unknown field '{key}'")
-    before = len(problems.errors)
     title = _field(raw, "title", str, where, problems)
     summary = _field(raw, "summary", str, where, problems)
     level = _field(raw, "level", str, where, problems)
