@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+# test the working tree (jobs use the copy `make install` put into the venv)
+sys.path.insert(0, str(ROOT / "src"))
 
 from hubtools import Hub  # noqa: E402
 
