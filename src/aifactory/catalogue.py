@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ _templates = Environment(
 
 def start_url(hub_prefix: str, username: str, slug: str) -> str:
     """Spawn (or open) the named server for a course."""
-    return url_path_join(hub_prefix, "spawn", quote(username, safe=""), slug) + f"?course={slug}"
+    return url_path_join(hub_prefix, "spawn", quote(username, safe=""), slug) + f"?opt-course={slug}"
 
 
 def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[str] | None = None) -> str:
@@ -82,10 +83,15 @@ def main() -> None:
     parser.add_argument("--site", required=True)
     args = parser.parse_args()
     site = load_site(args.site)
+    signal.signal(signal.SIGTERM, lambda *_: ioloop.IOLoop.current().add_callback_from_signal(
+        ioloop.IOLoop.current().stop))
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
     port = int(url.rsplit(":", 1)[-1].split("/")[0])
     make_app(site).listen(port, "127.0.0.1")
-    ioloop.IOLoop.current().start()
+    try:
+        ioloop.IOLoop.current().start()
+    except KeyboardInterrupt:  # the hub stops its services with SIGINT/SIGTERM
+        pass
 
 
 if __name__ == "__main__":

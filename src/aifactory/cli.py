@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 
-
 def default_site() -> str:
     """$AIFACTORY_SITE, else the checkout's hub_config/site.yaml, else the published copy."""
     if os.environ.get("AIFACTORY_SITE"):

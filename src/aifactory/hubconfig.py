@@ -61,6 +61,11 @@ def apply_groups_and_roles(c, site: Site) -> None:
     c.JupyterHub.load_groups = {name: {"users": list(users)} for name, users in site.groups.items()}
     c.JupyterHub.load_roles = [
         {
+            "name": "user",
+            "description": "Every user: their own servers, and the course catalogue",
+            "scopes": ["self", "access:services!service=catalogue"],
+        },
+        {
             "name": "instructor",
             "description": "See and manage the sessions of students",
             "groups": ["instructors"],
