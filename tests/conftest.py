@@ -90,3 +90,14 @@ def chromium_path() -> str:
     if not Path(path).exists():
         pytest.fail("Debian's chromium is not installed (make install installs it)")
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    from test_notebooks import TIMES
+
+    if not TIMES:
+        return
+    terminalreporter.section("notebook times (papermill, small parameters)")
+    for name, seconds in sorted(TIMES.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
+    terminalreporter.write_line(f"{sum(TIMES.values()):7.1f} s  total for {len(TIMES)} notebooks")

@@ -27,7 +27,10 @@ class Hub:
     poll_interval = 3
     max_queue_wait = 15
 
-    def __init__(self, state: Path, site_file: Path):
+    def __init__(self, state: Path, site_file: Path, extra_args: list[str] | None = None, port: int | None = None):
+        if port:
+            self.port, self.hub_port, self.proxy_api_port, self.catalogue_port = port, port + 81, port + 1, port + 101
+        self.extra_args = list(extra_args or [])
         self.state = Path(state)
         self.site_file = site_file
         self.url = f"http://127.0.0.1:{self.port}"
@@ -57,7 +60,7 @@ class Hub:
              f"--Spawner.poll_interval={self.poll_interval}",
              f"--AIFactorySpawner.max_queue_wait={self.max_queue_wait}",
              "--AIFactorySpawner.context_cache_seconds=0",
-             "--JupyterHub.last_activity_interval=5"],
+             "--JupyterHub.last_activity_interval=5", *self.extra_args],
             cwd=self.state, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
