@@ -226,3 +226,20 @@ def test_named_course_server_copies_the_course_and_opens_the_first_notebook(clea
                      allow_redirects=False)
     assert urlparse(r.headers["Location"]).path.endswith(
         f"/lab/tree/courses/{course.slug}/{course.first_notebook}")
+
+
+def test_instructors_see_who_is_running_and_students_do_not(clean_hub):
+    hub = clean_hub
+    assert hub.spawn("student2", {"gpus": 1, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
+    hub.wait_ready("student2")
+    job_id = user_jobs("student2")[0]["job_id"]
+    instructor = hub.login("instructor1")
+    page = instructor.get(f"{hub.url}/services/catalogue/running", timeout=30)
+    assert page.status_code == 200, page.text[:300]
+    row = re.search(r'<tr data-user="student2">(.*?)</tr>', page.text, re.S)
+    assert row, page.text
+    assert f"<td>{job_id}</td>" in row.group(1) and "RUNNING" in row.group(1) and "gpu:" in row.group(1)
+    assert "Who is running" in instructor.get(f"{hub.url}/services/catalogue/", timeout=30).text
+    student = hub.login("student1")
+    assert student.get(f"{hub.url}/services/catalogue/running", timeout=30).status_code == 403
+    assert "Who is running" not in student.get(f"{hub.url}/services/catalogue/", timeout=30).text

@@ -9,6 +9,7 @@ copies the notebooks into ``~/courses/<slug>`` and opens the first notebook.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 from pathlib import Path
@@ -19,6 +20,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
+from . import slurm
 from .courses import load_courses
 from .site import Site, load_site
 
@@ -33,7 +35,8 @@ def start_url(hub_prefix: str, username: str, slug: str) -> str:
     return url_path_join(hub_prefix, "spawn", quote(username, safe=""), slug) + f"?opt-course={slug}"
 
 
-def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[str] | None = None) -> str:
+def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[str] | None = None,
+                     show_overview: bool = False) -> str:
     courses, problems = load_courses(site)
     running = running or set()
     cards = [
@@ -50,7 +53,8 @@ def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[st
         for course in courses.values()
     ]
     return _templates.get_template("catalogue.html").render(
-        cards=cards, username=username, hub_prefix=hub_prefix, problems=len(problems)
+        cards=cards, username=username, hub_prefix=hub_prefix, problems=len(problems),
+        show_overview=show_overview
     )
 
 
@@ -63,7 +67,57 @@ class CatalogueHandler(HubOAuthenticated, web.RequestHandler):
         user = self.get_current_user()
         hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
         servers = set(user.get("servers", {}) or {})
-        self.finish(render_catalogue(self.site, user["name"], hub_prefix, servers))
+        show_overview = bool(OVERVIEW_GROUPS & set(user.get("groups", [])))
+        self.finish(render_catalogue(self.site, user["name"], hub_prefix, servers, show_overview))
+
+
+OVERVIEW_GROUPS = {"instructors", "admins"}
+
+
+async def running_sessions(hub_api_url: str, token: str) -> list[dict]:
+    """Who is running: the hub's view (servers, courses, activity) joined with squeue's."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    response = await AsyncHTTPClient().fetch(
+        url_path_join(hub_api_url, "users?state=active"),
+        headers={"Authorization": f"token {token}"},
+    )
+    users = json.loads(response.body)
+    jobs = slurm.parse_squeue_overview(await slurm.run(["squeue", "-h", "-o", slurm.OVERVIEW_FORMAT]))
+    jobs_by_user: dict[str, list[dict]] = {}
+    for job in jobs:
+        if job["name"].startswith("jupyter"):
+            jobs_by_user.setdefault(job["user"], []).append(job)
+    rows = []
+    for user in users:
+        for name, server in (user.get("servers") or {}).items():
+            server_job = next((j for j in jobs_by_user.get(user["name"], [])
+                               if j["name"] == (f"jupyter-{name}" if name else "jupyter")), {})
+            rows.append({
+                "user": user["name"],
+                "groups": ", ".join(user.get("groups", [])),
+                "server": name or "(default)",
+                "course": (server.get("user_options") or {}).get("course", ""),
+                "ready": server.get("ready"),
+                "last_activity": (server.get("last_activity") or "")[:19].replace("T", " "),
+                **{k: server_job.get(k, "") for k in ("job_id", "account", "partition", "gres", "state",
+                                                      "elapsed", "time_limit")},
+            })
+    return sorted(rows, key=lambda r: (r["user"], r["server"]))
+
+
+class OverviewHandler(HubOAuthenticated, web.RequestHandler):
+    """Instructors and admins: who is running, on what, for which course."""
+
+    @web.authenticated
+    async def get(self):
+        user = self.get_current_user()
+        if not OVERVIEW_GROUPS & set(user.get("groups", [])):
+            raise web.HTTPError(403, "the overview is for instructors and admins")
+        rows = await running_sessions(self.hub_auth.api_url, self.hub_auth.api_token)
+        hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
+        self.finish(_templates.get_template("overview.html").render(
+            rows=rows, username=user["name"], hub_prefix=hub_prefix))
 
 
 def make_app(site: Site) -> web.Application:
@@ -71,6 +125,7 @@ def make_app(site: Site) -> web.Application:
     return web.Application(
         [
             (prefix, CatalogueHandler, {"site": site}),
+            (url_path_join(prefix, "running"), OverviewHandler),
             (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
             (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         ],

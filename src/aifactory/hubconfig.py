@@ -96,7 +96,8 @@ def apply_services(c, site: Site, venv: str) -> None:
             "url": f"http://127.0.0.1:{CATALOGUE_PORT}",
             "command": [python, "-m", "aifactory.catalogue", "--site", str(site.path)],
             "oauth_no_confirm": True,
-            "oauth_client_allowed_scopes": [],
+            # the catalogue needs to know the user's groups (instructors see the overview)
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],
         },
     ]
     c.JupyterHub.load_roles = [

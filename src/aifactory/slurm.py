@@ -247,8 +247,11 @@ async def job_record(job_id: str) -> JobRecord | None:
                                   "-o", "JobID,State,ExitCode,Elapsed"]))
 
 
+OVERVIEW_FORMAT = "%i|%u|%a|%P|%T|%M|%l|%b|%j"
+
+
 def parse_squeue_overview(squeue_text: str) -> list[dict]:
-    """``squeue -h -o '%i|%u|%a|%P|%T|%M|%l|%b|%j'`` into dicts (for dashboards)."""
+    """``squeue -h -o OVERVIEW_FORMAT`` into dicts (for the instructors' overview)."""
     keys = ("job_id", "user", "account", "partition", "state", "elapsed", "time_limit", "gres", "name")
     rows = []
     for line in squeue_text.splitlines():
