@@ -51,8 +51,9 @@ class Hub:
             AIFACTORY_BIND_URL=self.url,
             AIFACTORY_HUB_BIND_URL=f"http://127.0.0.1:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
+            AIFACTORY_SITE=str(self.site_file),
         )
-        config = self.site_file.parent / "jupyterhub_config.py"
+        config = Path(__file__).resolve().parents[1] / "hub_config" / "jupyterhub_config.py"
         self.log = open(self.state / "hub.log", "ab")
         self.proc = subprocess.Popen(
             [str(VENV / "bin" / "jupyterhub"), "-f", str(config),
