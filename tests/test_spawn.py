@@ -243,3 +243,19 @@ def test_instructors_see_who_is_running_and_students_do_not(clean_hub):
     student = hub.login("student1")
     assert student.get(f"{hub.url}/services/catalogue/running", timeout=30).status_code == 403
     assert "Who is running" not in student.get(f"{hub.url}/services/catalogue/", timeout=30).text
+
+
+def test_job_cancelled_while_pending_is_reported(clean_hub, blocker):
+    hub = clean_hub
+    blocker("student2", "gpu:a100:2")
+    assert hub.spawn("student1", dict(GPU_SESSION, gpu_type="a100"), name="doomed").status_code in (201, 202)
+    deadline = time.monotonic() + 30
+    while not user_jobs("student1"):
+        assert time.monotonic() < deadline, "no job was submitted"
+        time.sleep(0.3)
+    job = user_jobs("student1")[0]
+    assert job["state"] == "PENDING"
+    subprocess.run(["scancel", job["job_id"]], check=True)
+    final = list(hub.progress_events("student1", "doomed"))[-1]
+    assert final.get("failed") and "disappeared" in final["message"], final
+    assert hub.server("student1", "doomed") is None
