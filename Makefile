@@ -11,7 +11,7 @@ CHP      := $(PREFIX)/node_modules/.bin/configurable-http-proxy
 STATE    ?= $(CURDIR)/.state
 APT_PKGS := munge mariadb-server slurmdbd slurmctld slurmd slurm-client sudo python3-venv python3-dev chromium
 
-.PHONY: help install cluster cluster-stop hub demo stop test test-fast notebooks lint publish
+.PHONY: help install cluster cluster-stop hub demo stop stop-hub test test-fast notebooks lint publish
 
 help:
 	@echo "make demo   install what is missing, start the local Slurm cluster and the hub on http://127.0.0.1:8000"
@@ -63,7 +63,10 @@ hub: cluster publish
 	else
 	  echo "== starting the hub (log: $(STATE)/hub.log)"
 	  cd $(STATE)
-	  AIFACTORY_STATE=$(STATE) setsid nohup $(VENV)/bin/jupyterhub \
+	  # job control on: a background command of a script would otherwise ignore SIGINT, and so
+	  # would the hub's services, which the hub stops with SIGINT
+	  set -m
+	  AIFACTORY_STATE=$(STATE) nohup $(VENV)/bin/jupyterhub \
 	    -f $(CURDIR)/hub_config/jupyterhub_config.py >$(STATE)/hub.log 2>&1 < /dev/null &
 	  echo $$! > $(STATE)/hub.pid
 	fi
@@ -73,13 +76,16 @@ hub: cluster publish
 demo: hub
 	@$(VENV)/bin/python -m aifactory.demo --site hub_config/site.yaml
 
-stop:
+stop: stop-hub cluster-stop
+
+stop-hub:
 	if [ -f $(STATE)/hub.pid ]; then
 	  pid=$$(cat $(STATE)/hub.pid); kill $$pid 2>/dev/null || true
 	  for i in $$(seq 30); do kill -0 $$pid 2>/dev/null || break; sleep 1; done
-	  rm -f $(STATE)/hub.pid; echo "== hub stopped"
+	  # the hub leads its own process group (job control): take its proxy and services with it
+	  kill -9 -- -$$pid 2>/dev/null || true
+	  rm -f $(STATE)/hub.pid; echo "== hub stopped (sessions keep running as Slurm jobs)"
 	fi
-	$(VENV)/bin/aifactory cluster stop
 
 lint: install
 	$(VENV)/bin/ruff check src tests hub_config benchmarks
@@ -90,7 +96,7 @@ test: cluster publish
 	$(VENV)/bin/ruff check src tests hub_config benchmarks
 	$(PY) -m pytest tests -p no:cacheprovider
 	$(PY) -m pytest -p no:cacheprovider -q --nbval courses notebooks \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg -o testpaths= -o addopts=
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300 -o testpaths= -o addopts=
 
 # Seconds, no cluster needed: pure functions and parsers.
 test-fast:

@@ -138,8 +138,11 @@ def main() -> None:
     parser.add_argument("--site", required=True)
     args = parser.parse_args()
     site = load_site(args.site)
-    signal.signal(signal.SIGTERM, lambda *_: ioloop.IOLoop.current().add_callback_from_signal(
-        ioloop.IOLoop.current().stop))
+    # the hub stops services with SIGINT then SIGTERM; SIGINT may arrive ignored from a
+    # background shell, so handle both explicitly
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: ioloop.IOLoop.current().add_callback_from_signal(
+            ioloop.IOLoop.current().stop))
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
     port = int(url.rsplit(":", 1)[-1].split("/")[0])
     make_app(site).listen(port, "127.0.0.1")
