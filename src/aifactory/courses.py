@@ -252,6 +252,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _read_delivered(dest: Path) -> dict[str, str]:
+    """What was delivered into ``dest``: file name -> hash of the delivered version."""
+    try:
+        return json.loads((dest / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_delivered(dest: Path, delivered: dict[str, str]) -> None:
+    tmp = dest / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(delivered, indent=1, sort_keys=True))
+    tmp.replace(dest / STATE_FILE)
+
+
 @dataclass
 class SyncReport:
     copied: list[str] = field(default_factory=list)
@@ -281,11 +295,7 @@ def course_files(course: Course) -> list[str]:
 def sync_course(course: Course, dest: Path) -> SyncReport:
     """Copy new and untouched files into ``dest``; never overwrite a student's edit."""
     dest.mkdir(parents=True, exist_ok=True)
-    state_path = dest / STATE_FILE
-    try:
-        delivered = json.loads(state_path.read_text())
-    except (OSError, ValueError):
-        delivered = {}
+    delivered = _read_delivered(dest)
     report = SyncReport()
     for name in course_files(course):
         source, target = course.path / name, dest / name
@@ -309,9 +319,7 @@ def sync_course(course: Course, dest: Path) -> SyncReport:
             report.updated.append(name)
         else:
             report.kept_edits.append(name)
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(delivered, indent=1, sort_keys=True))
-    tmp.replace(state_path)
+    _write_delivered(dest, delivered)
     updates = dest / UPDATES_FILE
     if report.kept_edits:
         updates.write_text(
@@ -341,13 +349,7 @@ def fetch_fresh(course: Course, notebook: str, dest: Path, replace: bool = False
             backup = target.with_name(f"{target.stem}.backup-{time.strftime('%Y%m%d-%H%M%S')}{target.suffix}")
             target.replace(backup)
         shutil.copyfile(source, target)
-        state_path = dest / STATE_FILE
-        try:
-            delivered = json.loads(state_path.read_text())
-        except (OSError, ValueError):
-            delivered = {}
-        delivered[notebook] = _sha256(source)
-        state_path.write_text(json.dumps(delivered, indent=1, sort_keys=True))
+        _write_delivered(dest, _read_delivered(dest) | {notebook: _sha256(source)})
         return target
     fresh = target.with_name(f"{target.stem}.fresh{target.suffix}")
     shutil.copyfile(source, fresh)
