@@ -32,7 +32,7 @@ class Hub:
             self.port, self.hub_port, self.proxy_api_port, self.catalogue_port = port, port + 81, port + 1, port + 101
         self.extra_args = list(extra_args or [])
         self.state = Path(state)
-        self.site_file = site_file
+        self.site_file = Path(site_file).resolve()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self._tokens: dict[str, str] = {}

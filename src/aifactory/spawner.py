@@ -269,14 +269,17 @@ class AIFactorySpawner(SlurmSpawner):
         return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
                 f"The job's log is {home}/.aifactory-session-{job_id}.log")
 
+
     async def start(self):
-        """batchspawner's start, watched: a job that dies while JupyterLab starts is reported."""
+        """batchspawner's start, watched: a job that dies before JupyterLab is up is reported."""
         self._check_username()
         self._pending_since = None
+        submitted = ""
         starting = asyncio.ensure_future(super().start())
         try:
             while True:
                 done, _ = await asyncio.wait({starting}, timeout=max(self.startup_poll_interval, 1.0))
+                submitted = self.job_id or submitted
                 if done:
                     return starting.result()
                 if not self.job_id or self.port:
@@ -284,17 +287,17 @@ class AIFactorySpawner(SlurmSpawner):
                 state = self.job_state()
                 if state and state.running:
                     # super().start() stopped polling and waits for the port: keep watching the job
-                    job_id = self.job_id
                     if await self.query_job_status() == JobStatus.NOTFOUND:
                         starting.cancel()
                         self.clear_state()
-                        raise web.HTTPError(500, await self._death_report(job_id))
+                        raise web.HTTPError(500, await self._death_report(submitted))
         except asyncio.CancelledError:
             starting.cancel()
             raise
         except RuntimeError as e:
-            if "disappeared" in str(e) and self.job_id == "":
-                raise web.HTTPError(500, f"{e} See ~/.aifactory-session-*.log in your home.") from e
+            # batchspawner: "The Jupyter batch job has disappeared while pending ... or died"
+            if "disappeared" in str(e) and submitted:
+                raise web.HTTPError(500, await self._death_report(submitted)) from e
             raise
 
     async def progress(self):
