@@ -100,6 +100,7 @@ class AIFactorySpawner(SlurmSpawner):
 
     session: SessionOptions | None = None
     _pending_since: float | None = None
+    _submitted_job_id = ""
     _context: tuple[float, UserContext] | None = None
     # the last form each user submitted, so a refused form comes back filled in (JupyterHub
     # re-renders the form of the default server even when a named server was refused)
@@ -274,12 +275,11 @@ class AIFactorySpawner(SlurmSpawner):
         """batchspawner's start, watched: a job that dies before JupyterLab is up is reported."""
         self._check_username()
         self._pending_since = None
-        submitted = ""
+        self._submitted_job_id = ""
         starting = asyncio.ensure_future(super().start())
         try:
             while True:
                 done, _ = await asyncio.wait({starting}, timeout=max(self.startup_poll_interval, 1.0))
-                submitted = self.job_id or submitted
                 if done:
                     return starting.result()
                 if not self.job_id or self.port:
@@ -290,15 +290,20 @@ class AIFactorySpawner(SlurmSpawner):
                     if await self.query_job_status() == JobStatus.NOTFOUND:
                         starting.cancel()
                         self.clear_state()
-                        raise web.HTTPError(500, await self._death_report(submitted))
+                        raise web.HTTPError(500, await self._death_report(self._submitted_job_id))
         except asyncio.CancelledError:
             starting.cancel()
             raise
         except RuntimeError as e:
             # batchspawner: "The Jupyter batch job has disappeared while pending ... or died"
-            if "disappeared" in str(e) and submitted:
-                raise web.HTTPError(500, await self._death_report(submitted)) from e
+            if "disappeared" in str(e) and self._submitted_job_id:
+                raise web.HTTPError(500, await self._death_report(self._submitted_job_id)) from e
             raise
+
+    async def submit_batch_script(self):
+        # remember the id: batchspawner clears job_id before it reports a job that died
+        self._submitted_job_id = await super().submit_batch_script()
+        return self._submitted_job_id
 
     async def progress(self):
         """Progress with Slurm's reason, the expected start and the queue-wait budget."""
