@@ -257,5 +257,6 @@ def test_job_cancelled_while_pending_is_reported(clean_hub, blocker):
     assert job["state"] == "PENDING"
     subprocess.run(["scancel", job["job_id"]], check=True)
     final = list(hub.progress_events("student1", "doomed"))[-1]
-    assert final.get("failed") and "disappeared" in final["message"], final
+    assert final.get("failed") and "ended before JupyterLab was ready" in final["message"], final
+    assert "CANCELLED" in final["message"], final
     assert hub.server("student1", "doomed") is None
