@@ -36,7 +36,9 @@ install:
 	stamp=$(PREFIX)/.deps-$$(sha256sum pyproject.toml | cut -c1-16)
 	if [ ! -e $$stamp ]; then
 	  echo "== installing dependencies into $(VENV) (a few minutes the first time)"
-	  $(VENV)/bin/pip install -q --disable-pip-version-check ".[courses,test]" 2>&1 | grep -v "^WARNING: Location" || true
+	  # torch==2.13.0 (CPU) lies in /opt/wheels on these machines; any other spec pulls GBs
+	  links=$$([ -d /opt/wheels ] && echo "--find-links /opt/wheels" || true)
+	  $(VENV)/bin/pip install -q --disable-pip-version-check $$links ".[courses,test]" 2>&1 | grep -v "^WARNING: Location" || true
 	  rm -f $(PREFIX)/.deps-*; touch $$stamp
 	fi
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall . \

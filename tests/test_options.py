@@ -122,3 +122,9 @@ def test_form_keeps_previous_values_escaped(site, student):
     html = render_form(site, student, previous={"cpus": '3"><script>alert(1)</script>', "hours": "2"})
     assert "<script>alert(1)" not in html
     assert 'value="2"' in html
+
+
+def test_empty_values_mean_the_defaults(site, student):
+    session = validate({"partition": "", "account": "", "qos": "", "gpu_type": "", "reservation": ""}, site, student)
+    assert (session.partition, session.account, session.qos, session.gpu_type) == (
+        "gpu", "uni-teaching", "workshop", "any")

@@ -155,15 +155,16 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
         defaults = ctx.courses[course_slug].resources.as_options()
 
     limits = site.limits
-    partition = _choice("partition", _string(raw, "partition", defaults.get("partition", site.default_partition.name)),
+    # an empty value means "the default", as an untouched form field does
+    partition = _choice("partition", _string(raw, "partition") or defaults.get("partition", site.default_partition.name),
                         site.partitions, "partition")
-    account = _choice("account", _string(raw, "account", ctx.accounts[0]), ctx.accounts, "account")
+    account = _choice("account", _string(raw, "account") or ctx.accounts[0], ctx.accounts, "account")
     association = ctx.association(account)
     default_qos = association.default_qos if association.default_qos in site.qos else ""
-    qos = _string(raw, "qos", default_qos)
+    qos = _string(raw, "qos") or default_qos
     if qos or association.qos:
         qos = _choice("qos", qos, [q for q in association.qos if q in site.qos], f"QOS for account {account!r}:")
-    gpu_type = _choice("gpu_type", _string(raw, "gpu_type", defaults.get("gpu_type", "any")),
+    gpu_type = _choice("gpu_type", _string(raw, "gpu_type") or defaults.get("gpu_type", "any"),
                        ["any", *site.gpu_types], "GPU type")
 
     default_gpus = limits["gpus"].default if site.partitions[partition].gpus else 0
