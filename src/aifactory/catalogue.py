@@ -2,7 +2,7 @@
 
 Cards show title, level, duration, GPU need, objectives and prerequisites. "Start course"
 links to the hub's spawn URL for a named server called after the course, with
-``?course=<slug>``; the spawner validates the course and its resources like any form input,
+``?opt-course=<slug>``; the spawner validates the course and its resources like any form input,
 copies the notebooks into ``~/courses/<slug>`` and opens the first notebook.
 """
 
@@ -43,8 +43,7 @@ def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[st
         {
             "course": course,
             "start_url": start_url(hub_prefix, username, course.slug),
-            "open_url": url_path_join("/user", quote(username, safe=""), course.slug, "lab", "tree",
-                                      "courses", course.slug, course.first_notebook),
+            "open_url": url_path_join("/user", quote(username, safe=""), course.slug, course.lab_path),
             "running": course.slug in running,
             "gpu_label": (f"{course.resources.gpus} GPU" + ("s" if course.resources.gpus > 1 else "")
                           + ("" if course.resources.gpu_type == "any" else f" ({course.resources.gpu_type})"))

@@ -78,6 +78,11 @@ class Course:
     def first_notebook(self) -> str:
         return self.notebooks[0]
 
+    @property
+    def lab_path(self) -> str:
+        """Where a course session opens, relative to the server: the student's copy of notebook 1."""
+        return f"lab/tree/courses/{self.slug}/{self.first_notebook}"
+
 
 @dataclass
 class CourseProblems:

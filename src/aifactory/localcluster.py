@@ -319,7 +319,7 @@ def start(site: Site) -> None:
     log(f"Slurm cluster {site.cluster_name!r} is up: {node_state()} node {hostname()}")
 
 
-def _stop_daemon(name: str, pidfile: str | None = None) -> None:
+def _stop_daemon(name: str) -> None:
     if not is_running(name):
         return
     log(f"stopping {name}")
@@ -327,7 +327,7 @@ def _stop_daemon(name: str, pidfile: str | None = None) -> None:
     wait_for(f"{name} to exit", lambda: not is_running(name), 30)
 
 
-def stop(site: Site | None = None, everything: bool = False) -> None:
+def stop(everything: bool = False) -> None:
     """Cancel all jobs, then stop slurmd, slurmctld and slurmdbd (and MariaDB, munge)."""
     if is_running("slurmctld"):
         jobs = run(["squeue", "-h", "-o", "%i"], check=False).stdout.split()

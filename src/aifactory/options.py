@@ -83,10 +83,11 @@ class UserContext:
         return [r for r in self.reservations.values() if r.admits(self.username, self.accounts)]
 
 
-def _string(raw: dict, key: str, default: str = "") -> str:
-    value = raw.get(key, default)
+def _string(raw: dict, key: str) -> str:
+    """A text option, "" when absent (callers substitute the default)."""
+    value = raw.get(key, "")
     if value is None:
-        value = default
+        value = ""
     if not isinstance(value, str):
         raise OptionsError(key, f"must be a text value, got {type(value).__name__}")
     if FORBIDDEN_RE.search(value):

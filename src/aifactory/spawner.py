@@ -70,7 +70,6 @@ class AIFactorySpawner(SlurmSpawner):
         help="How long the user's Slurm associations are cached for the form and validation.",
     ).tag(config=True)
 
-    batch_query_cmd = Unicode(f"squeue -h -j {{job_id}} -o '{slurm.JOB_QUERY_FORMAT}'").tag(config=True)
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
     @default("start_timeout")
@@ -178,8 +177,7 @@ class AIFactorySpawner(SlurmSpawner):
         self.req_gres = session.gres
         self.req_reservation = session.reservation
         if session.course:
-            course = ctx.courses[session.course]
-            self.default_url = f"/lab/tree/courses/{course.slug}/{course.first_notebook}"
+            self.default_url = "/" + ctx.courses[session.course].lab_path
 
     # ------------------------------------------------------------ the batch script
 
@@ -207,19 +205,18 @@ class AIFactorySpawner(SlurmSpawner):
         return shlex.split(self.exec_prefix.format(username=self._check_username()))
 
     async def query_job_status(self):
-        """squeue as the user; controller trouble or timeouts are UNKNOWN, not NOTFOUND."""
+        """squeue as the user; controller trouble or timeouts are UNKNOWN, not NOTFOUND.
+
+        Replaces batchspawner's shell-formatted ``batch_query_cmd`` (not used here).
+        """
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
         argv = [*self._exec_prefix(), "squeue", "-h", "-j", self.job_id, "-o", slurm.JOB_QUERY_FORMAT]
         try:
             out = await slurm.run(argv, timeout=self.slurm_timeout)
-        except slurm.SlurmUnavailable as e:
-            self.log.warning("Slurm did not answer for job %s (%s): state unknown, will retry", self.job_id, e)
-            self.job_status = f"UNKNOWN|{e}||"
-            return JobStatus.UNKNOWN
-        except slurm.SlurmCommandError as e:
-            if slurm.INVALID_JOB_RE.search(str(e)):
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
+            if isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e)):
                 self.job_status = ""
                 return JobStatus.NOTFOUND
             self.log.warning("squeue failed for job %s (%s): state unknown, will retry", self.job_id, e)
@@ -269,7 +266,6 @@ class AIFactorySpawner(SlurmSpawner):
         state = f" ({record.state}, exit code {record.exit_code})" if record else ""
         return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
                 f"The job's log is {home}/.aifactory-session-{job_id}.log")
-
 
     async def start(self):
         """batchspawner's start, watched: a job that dies before JupyterLab is up is reported."""
