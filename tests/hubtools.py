@@ -52,6 +52,8 @@ class Hub:
             AIFACTORY_HUB_BIND_URL=f"http://127.0.0.1:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
             AIFACTORY_SITE=str(self.site_file),
+            # the hub runs the code of this checkout, not whatever copy the venv holds
+            PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),
         )
         config = Path(__file__).resolve().parents[1] / "hub_config" / "jupyterhub_config.py"
         self.log = open(self.state / "hub.log", "ab")
