@@ -24,12 +24,14 @@ class Hub:
     hub_port = 18081
     proxy_api_port = 18001
     catalogue_port = 18101
+    workshops_port = 18102
     poll_interval = 3
     max_queue_wait = 15
 
     def __init__(self, state: Path, site_file: Path, extra_args: list[str] | None = None, port: int | None = None):
         if port:
             self.port, self.hub_port, self.proxy_api_port, self.catalogue_port = port, port + 81, port + 1, port + 101
+            self.workshops_port = port + 102
         self.extra_args = list(extra_args or [])
         self.state = Path(state)
         self.site_file = Path(site_file).resolve()
@@ -51,6 +53,7 @@ class Hub:
             AIFACTORY_BIND_URL=self.url,
             AIFACTORY_HUB_BIND_URL=f"http://127.0.0.1:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
+            AIFACTORY_WORKSHOPS_PORT=str(self.workshops_port),
             AIFACTORY_SITE=str(self.site_file),
             # the hub runs the code of this checkout, not whatever copy the venv holds
             PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),
@@ -98,12 +101,12 @@ class Hub:
 
     # ------------------------------------------------------------ users
 
-    def login(self, user: str) -> requests.Session:
+    def login(self, user: str, password: str | None = None) -> requests.Session:
         session = requests.Session()
         session.get(f"{self.url}/hub/login", timeout=10)
         xsrf = session.cookies.get("_xsrf")
         r = session.post(f"{self.url}/hub/login", allow_redirects=False, timeout=30,
-                         data={"username": user, "password": PASSWORDS[user], "_xsrf": xsrf})
+                         data={"username": user, "password": password or PASSWORDS[user], "_xsrf": xsrf})
         assert r.status_code == 302, f"login of {user} failed: {r.status_code} {r.text[:300]}"
         session.headers["X-XSRFToken"] = session.cookies.get("_xsrf") or xsrf
         session.xsrf = session.headers["X-XSRFToken"]

@@ -9,14 +9,28 @@ import pytest
 
 from aifactory import slurm
 
-SINFO = """\
-vm|gpu:h100:2,gpu:a100:2|gpu:h100:1(IDX:0),gpu:a100:0(IDX:N/A)|mix
-vm|gpu:h100:2,gpu:a100:2|gpu:h100:1(IDX:0),gpu:a100:0(IDX:N/A)|mix
-"""
-SINFO_TWO_NODES_ONE_DOWN = """\
-n1|gpu:h100:4|gpu:h100:4(IDX:0-3)|alloc
-n2|gpu:h100:4,gpu:a100:2|gpu:h100:0(IDX:N/A),gpu:a100:0(IDX:N/A)|down*
-"""
+# `scontrol show node -o -d` with one whole h100 in use (before GPU slices were configured)
+NODES = (
+    "NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=1 CPUEfctv=16 CPUTot=16 CPULoad=0.53 "
+    "Gres=gpu:h100:2,gpu:a100:2 GresDrain=N/A GresUsed=gpu:h100:1(IDX:0),gpu:a100:0(IDX:N/A) "
+    "NodeAddr=127.0.0.1 NodeHostName=vm State=MIXED Partitions=gpu,cpu "
+    "CfgTRES=cpu=16,mem=20000M,billing=16,gres/gpu=4 AllocTRES=cpu=1,mem=512M,gres/gpu=1\n"
+)
+NODES_TWO_ONE_DOWN = (
+    "NodeName=n1 Gres=gpu:h100:4 GresUsed=gpu:h100:4(IDX:0-3) State=ALLOCATED AllocTRES=cpu=4,gres/gpu=4\n"
+    "NodeName=n2 Gres=gpu:h100:4,gpu:a100:2 GresUsed=gpu:h100:0(IDX:N/A),gpu:a100:0(IDX:N/A) "
+    "State=DOWN+NOT_RESPONDING AllocTRES=\n"
+)
+# Captured with three 1-slice jobs on h100 #0 and one whole a100: GresUsed counts the GPUs that
+# host slices (shard:h100:1), AllocTRES the slices (gres/shard=3)
+NODES_SHARDS = (
+    "NodeName=vm Arch=x86_64 CoresPerSocket=1  CPUAlloc=4 CPUEfctv=64 CPUTot=64 CPULoad=0.53 "
+    "Gres=gpu:h100:2,gpu:a100:2,shard:h100:16,shard:a100:16 GresDrain=N/A "
+    "GresUsed=gpu:h100:0(IDX:N/A),gpu:a100:1(IDX:2),shard:h100:1(IDX:0),shard:a100:0(IDX:N/A) "
+    "NodeAddr=127.0.0.1 NodeHostName=vm Version=22.05.8 RealMemory=96000 AllocMem=1024 State=MIXED "
+    "CfgTRES=cpu=64,mem=96000M,billing=64,gres/gpu=4,gres/gpu:a100=2,gres/gpu:h100=2,gres/shard=32 "
+    "AllocTRES=cpu=4,mem=1G,gres/gpu=1,gres/gpu:a100=1,gres/shard=3 CapWatts=n/a\n"
+)
 ASSOC = "uni-research|interactive,workshop|interactive\nregional-health|interactive,workshop|interactive\n"
 SCONTROL_RES = (
     "ReservationName=ml-workshop StartTime=2026-11-27T09:00:00 EndTime=2026-11-27T17:00:00 "
@@ -26,16 +40,24 @@ SCONTROL_RES = (
 )
 
 
-def test_gpu_availability_counts_each_node_once():
-    gpus = slurm.parse_gpu_availability(SINFO)
+def test_gpu_availability_of_whole_gpus():
+    gpus, slices = slurm.parse_gpu_availability(NODES)
     assert (gpus["h100"].total, gpus["h100"].used, gpus["h100"].free) == (2, 1, 1)
     assert gpus["a100"].free == 2
+    assert slices.total == 0 and slices.free == 0
 
 
 def test_down_nodes_have_no_free_gpus():
-    gpus = slurm.parse_gpu_availability(SINFO_TWO_NODES_ONE_DOWN)
+    gpus, _ = slurm.parse_gpu_availability(NODES_TWO_ONE_DOWN)
     assert gpus["h100"].total == 8 and gpus["h100"].free == 0
     assert gpus["a100"].free == 0
+
+
+def test_gpu_slices_and_the_gpus_that_host_them():
+    gpus, slices = slurm.parse_gpu_availability(NODES_SHARDS)
+    # h100 #0 hosts three slices: one h100 is left whole; one a100 is allocated whole
+    assert (gpus["h100"].free, gpus["a100"].free) == (1, 1)
+    assert (slices.total, slices.used, slices.blocked, slices.free) == (32, 3, 8, 21)
 
 
 def test_associations_default_account_first():
@@ -99,9 +121,10 @@ def test_hanging_command_times_out_as_unavailable(tmp_path):
 
 @pytest.mark.slurm
 def test_live_sinfo_matches_the_site(slurm_cluster):
-    gpus = asyncio.run(slurm.gpu_availability())
+    gpus, slices = asyncio.run(slurm.gpu_availability())
     assert {name: g.total for name, g in gpus.items()} == {
         name: g.count for name, g in slurm_cluster.gpu_types.items()}
+    assert slices.total == slurm_cluster.total_gpu_slices
 
 
 @pytest.mark.slurm

@@ -35,6 +35,17 @@ def start_url(hub_prefix: str, username: str, slug: str) -> str:
     return url_path_join(hub_prefix, "spawn", quote(username, safe=""), slug) + f"?opt-course={slug}"
 
 
+def gpu_label(resources) -> str:
+    """'1 GPU slice (shared)', '2 GPUs (h100)', 'CPU only'."""
+    if resources.gpu_slices:
+        label = f"{resources.gpu_slices} GPU slice" + ("s" if resources.gpu_slices > 1 else "") + " (shared)"
+    elif resources.gpus:
+        label = f"{resources.gpus} GPU" + ("s" if resources.gpus > 1 else "")
+    else:
+        return "CPU only"
+    return label + ("" if resources.gpu_type == "any" else f" ({resources.gpu_type})")
+
+
 def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[str] | None = None,
                      show_overview: bool = False) -> str:
     courses, problems = load_courses(site)
@@ -45,9 +56,7 @@ def render_catalogue(site: Site, username: str, hub_prefix: str, running: set[st
             "start_url": start_url(hub_prefix, username, course.slug),
             "open_url": url_path_join("/user", quote(username, safe=""), course.slug, course.lab_path),
             "running": course.slug in running,
-            "gpu_label": (f"{course.resources.gpus} GPU" + ("s" if course.resources.gpus > 1 else "")
-                          + ("" if course.resources.gpu_type == "any" else f" ({course.resources.gpu_type})"))
-            if course.requires_gpu else "CPU only",
+            "gpu_label": gpu_label(course.resources),
         }
         for course in courses.values()
     ]

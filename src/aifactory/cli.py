@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     site.set_defaults(func=cmd_site)
 
     from .courses import add_cli
+    from .workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
+    workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -43,12 +43,14 @@ class CourseResources:
     cpus: int
     memory_gb: int
     hours: int
+    gpu_slices: int = 0  # shares of one GPU (Slurm gres/shard) instead of whole GPUs
 
     def as_options(self) -> dict:
         """The spawner options a course start asks for (validated like form input)."""
         return {
             "partition": self.partition,
             "gpus": self.gpus,
+            "gpu_slices": self.gpu_slices,
             "gpu_type": self.gpu_type,
             "cpus": self.cpus,
             "memory_gb": self.memory_gb,
@@ -72,7 +74,7 @@ class Course:
 
     @property
     def requires_gpu(self) -> bool:
-        return self.resources.gpus > 0
+        return self.resources.gpus > 0 or self.resources.gpu_slices > 0
 
     @property
     def first_notebook(self) -> str:
@@ -122,7 +124,7 @@ def _check_resources(raw, where: str, site: Site, problems: CourseProblems) -> C
     if not isinstance(raw, dict):
         problems.add(where, "field 'resources' must be a mapping")
         return None
-    known = {"partition", "gpus", "gpu_type", "cpus", "memory_gb", "hours"}
+    known = {"partition", "gpus", "gpu_slices", "gpu_type", "cpus", "memory_gb", "hours"}
     for key in sorted(set(raw) - known):
         problems.add(where, f"unknown field 'resources.{key}' (known: {', '.join(sorted(known))})")
     rwhere = f"{where}: resources"
@@ -140,15 +142,26 @@ def _check_resources(raw, where: str, site: Site, problems: CourseProblems) -> C
         if value is not None and not limit.min <= value <= limit.max:
             problems.add(rwhere, f"{key}={value} is outside the site limits {limit.min}..{limit.max}")
         values[key] = value
+    slices = _field(raw, "gpu_slices", int, where, problems, 0)
+    if slices:
+        limit = site.limits["gpu_slices"]
+        if not site.total_gpu_slices:
+            problems.add(rwhere, "gpu_slices: this site has no shared GPUs (gpu_types.*.shards)")
+        elif not limit.min <= slices <= limit.max:
+            problems.add(rwhere, f"gpu_slices={slices} is outside the site limits {limit.min}..{limit.max}")
+        if values.get("gpus"):
+            problems.add(rwhere, "ask for gpus or gpu_slices, not both")
+        if partition and not site.partitions[partition].gpus:
+            problems.add(rwhere, f"partition {partition!r} has no GPUs but the course asks for GPU slices")
     if partition and values.get("gpus") and not site.partitions[partition].gpus:
         problems.add(rwhere, f"partition {partition!r} has no GPUs but the course asks for {values['gpus']}")
     if partition and values.get("hours") and values["hours"] > site.partitions[partition].max_hours:
         problems.add(rwhere, f"hours={values['hours']} exceeds the {site.partitions[partition].max_hours} h "
                              f"limit of partition {partition!r}")
-    if None in (partition, gpu_type, *values.values()):
+    if None in (partition, gpu_type, slices, *values.values()):
         return None
     return CourseResources(partition, values["gpus"], gpu_type, values["cpus"], values["memory_gb"],
-                           values["hours"])
+                           values["hours"], slices)
 
 
 def check_notebook(path: Path, problems: CourseProblems) -> None:

@@ -14,6 +14,11 @@ from .courses import PUBLISHED_DIR
 from .site import Site
 
 CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
+WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
+
+
+def workshops_db_url(state_dir: str | None) -> str:
+    return f"sqlite:///{Path(state_dir or os.getcwd()).resolve() / 'workshops.sqlite'}"
 
 
 def apply_spawner(c, site: Site, venv: str) -> None:
@@ -54,6 +59,9 @@ def apply_authentication(c, site: Site) -> None:
         # HPC login nodes manage sessions themselves
         c.PAMAuthenticator.open_sessions = False
         c.Authenticator.allowed_users = set(members)
+        # walk-in participants of workshops are hub users created by the workshops service;
+        # ending the workshop deletes them (and PAM refuses their locked accounts)
+        c.Authenticator.allow_existing_users = True
     c.Authenticator.admin_users = set(site.groups.get("admins", ()))
 
 
@@ -76,12 +84,13 @@ def apply_groups_and_roles(c, site: Site) -> None:
                 "read:servers!group=students",
                 "delete:servers!group=students",
                 "read:groups!group=students",
+                "access:services!service=workshops",
             ],
         },
     ]
 
 
-def apply_services(c, site: Site, venv: str) -> None:
+def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> None:
     python = f"{venv}/bin/python" if Path(f"{venv}/bin/python").exists() else sys.executable
     c.JupyterHub.services = [
         {
@@ -99,6 +108,16 @@ def apply_services(c, site: Site, venv: str) -> None:
             # the catalogue needs to know the user's groups (instructors see the overview)
             "oauth_client_allowed_scopes": ["read:users:groups!user"],
         },
+        {
+            "name": "workshops",
+            "display": True,
+            "url": f"http://127.0.0.1:{WORKSHOPS_PORT}",
+            "command": [python, "-m", "aifactory.workshops.service", "--site", str(site.path),
+                        "--db", workshops_db_url(state_dir),
+                        "--helper", f"sudo -n {venv}/bin/aifactory-privileged"],
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],
+        },
     ]
     c.JupyterHub.load_roles = [
         *c.JupyterHub.get("load_roles", []),
@@ -113,6 +132,14 @@ def apply_services(c, site: Site, venv: str) -> None:
             "services": ["catalogue"],
             "scopes": ["list:users", "read:users", "read:servers"],
         },
+        {
+            "name": "workshops",
+            "services": ["workshops"],
+            # walk-in participants are hub users and groups made by the service; the overview
+            # reads servers and asks the labs which notebooks are open (access:servers)
+            "scopes": ["admin:users", "admin:groups", "list:users", "read:users", "read:servers",
+                       "delete:servers", "access:servers"],
+        },
     ]
     c.JupyterHub.default_url = "/hub/home"
 
@@ -122,7 +149,8 @@ def apply_site(c, site: Site, venv: str = "/opt/aifactory/venv", state_dir: str 
     apply_spawner(c, site, venv)
     apply_authentication(c, site)
     apply_groups_and_roles(c, site)
-    apply_services(c, site, venv)
+    apply_services(c, site, venv, state_dir)
+    c.AIFactorySpawner.workshops_db = workshops_db_url(state_dir)
     if state_dir:
         state = Path(state_dir)
         c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"

@@ -82,6 +82,10 @@ def _device_range(minors: list[int]) -> str:
 def render_slurm_conf(site: Site, host: str) -> str:
     gres = ",".join(f"gpu:{g.name}:{g.count}" for g in site.gpu_types.values() if g.count)
     tres = ",".join(["gres/gpu"] + [f"gres/gpu:{name}" for name in site.gpu_types])
+    if site.total_gpu_slices:
+        # GPU slices: Slurm's gres/shard, several jobs on one GPU (CUDA_VISIBLE_DEVICES names it)
+        gres += f",shard:{site.total_gpu_slices}"
+        tres += ",gres/shard"
     lines = [
         f"ClusterName={site.cluster_name}",
         f"SlurmctldHost={host}(127.0.0.1)",
@@ -105,7 +109,7 @@ def render_slurm_conf(site: Site, host: str) -> str:
         # the node advertises site.node_cpus CPUs: over-subscription for the local demo
         "SlurmdParameters=config_overrides",
         f"DefMemPerCPU={site.default_mem_per_cpu_mb}",
-        "GresTypes=gpu",
+        "GresTypes=gpu,shard" if site.total_gpu_slices else "GresTypes=gpu",
         "AccountingStorageType=accounting_storage/slurmdbd",
         "AccountingStorageHost=localhost",
         "AccountingStorageEnforce=associations,limits,qos",
@@ -137,6 +141,10 @@ def render_gres_conf(site: Site, host: str) -> str:
     for name, minors in gpu_devices(site):
         if minors:
             lines.append(f"NodeName={host} Name=gpu Type={name} File={_device_range(minors)}")
+    for gpu, (_, minors) in zip(site.gpu_types.values(), gpu_devices(site), strict=True):
+        # one line per GPU: the shards of a GPU share its device file (and take its type)
+        for minor in minors if gpu.shards else ():
+            lines.append(f"NodeName={host} Name=shard Count={gpu.shards} File=/dev/fakegpu{minor}")
     return "\n".join(lines) + "\n"
 
 
@@ -155,11 +163,19 @@ def render_slurmdbd_conf() -> str:
     ]) + "\n"
 
 
-def write_configs(site: Site) -> None:
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.exists() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
+def write_configs(site: Site) -> bool:
+    """Write the Slurm configuration; True when slurm.conf or gres.conf changed."""
     host = hostname()
     SLURM_ETC.mkdir(parents=True, exist_ok=True)
-    (SLURM_ETC / "slurm.conf").write_text(render_slurm_conf(site, host))
-    (SLURM_ETC / "gres.conf").write_text(render_gres_conf(site, host))
+    changed = _write_if_changed(SLURM_ETC / "slurm.conf", render_slurm_conf(site, host))
+    changed |= _write_if_changed(SLURM_ETC / "gres.conf", render_gres_conf(site, host))
     dbd = SLURM_ETC / "slurmdbd.conf"
     dbd.write_text(render_slurmdbd_conf())
     shutil.chown(dbd, "slurm", "slurm")
@@ -167,6 +183,7 @@ def write_configs(site: Site) -> None:
     for directory in (STATE / "slurmctld", STATE / "slurmd", LOGS):
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "slurm", "slurm")
+    return changed
 
 
 def make_fake_gpus(site: Site) -> None:
@@ -248,9 +265,12 @@ def configure_accounting(site: Site) -> None:
     log("configuring accounts, fair-share and QOS")
     for qos in site.qos.values():
         sacctmgr("add", "qos", qos.name)
+        per_user = f"gres/gpu={qos.max_gpus_per_user}"
+        if site.total_gpu_slices:
+            per_user += f",gres/shard={qos.max_gpu_slices_per_user}"
         sacctmgr("modify", "qos", qos.name, "set",
                  f"MaxWall={qos.max_hours}:00:00",
-                 f"MaxTRESPerUser=gres/gpu={qos.max_gpus_per_user}",
+                 f"MaxTRESPerUser={per_user}",
                  f"Priority={qos.priority}")
     for account in site.accounts.values():
         args = ["add", "account", account.name, f"Cluster={site.cluster_name}",
@@ -308,8 +328,13 @@ def create_demo_users(site: Site) -> None:
 def start(site: Site) -> None:
     install()
     create_demo_users(site)
-    write_configs(site)
+    changed = write_configs(site)
     make_fake_gpus(site)
+    if changed and (is_running("slurmctld") or is_running("slurmd")):
+        # GRES changes need the daemons restarted; running jobs survive a restart
+        log("the Slurm configuration changed: restarting slurmctld and slurmd")
+        for daemon in ("slurmd", "slurmctld"):
+            _stop_daemon(daemon)
     start_munge()
     start_mariadb()
     start_slurmdbd()

@@ -16,11 +16,11 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from .site import Site
-from .slurm import Association, GpuAvailability, Reservation
+from .slurm import Association, GpuAvailability, Reservation, SliceAvailability
 
-OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "cpus", "memory_gb", "hours",
+OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "gpu_slices", "cpus", "memory_gb", "hours",
                "reservation", "course")
-NUMBER_KEYS = ("gpus", "cpus", "memory_gb", "hours")
+NUMBER_KEYS = ("gpus", "gpu_slices", "cpus", "memory_gb", "hours")
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FORBIDDEN_RE = re.compile(r"[\x00-\x1f\x7f;&|`$<>(){}\[\]\\'\"*?!#~=\s]")
 
@@ -47,15 +47,20 @@ class SessionOptions:
     hours: int
     reservation: str = ""
     course: str = ""
+    gpu_slices: int = 0  # GPU slices (Slurm gres/shard) instead of whole GPUs
+    minutes: int = 0  # a shorter time limit than `hours` (a session inside a workshop window)
 
     @property
     def gres(self) -> str:
-        if not self.gpus:
+        kind, count = ("shard", self.gpu_slices) if self.gpu_slices else ("gpu", self.gpus)
+        if not count:
             return ""
-        return f"gpu:{self.gpus}" if self.gpu_type == "any" else f"gpu:{self.gpu_type}:{self.gpus}"
+        return f"{kind}:{count}" if self.gpu_type == "any" else f"{kind}:{self.gpu_type}:{count}"
 
     @property
     def time_limit(self) -> str:
+        if self.minutes:
+            return f"{self.minutes // 60:02d}:{self.minutes % 60:02d}:00"
         return f"{self.hours:02d}:00:00"
 
     def as_dict(self) -> dict:
@@ -71,6 +76,9 @@ class UserContext:
     reservations: dict[str, Reservation] = field(default_factory=dict)
     gpus: dict[str, GpuAvailability] = field(default_factory=dict)
     courses: dict = field(default_factory=dict)  # slug -> courses.Course
+    slices: SliceAvailability | None = None
+    # course slug -> WorkshopBooking of a workshop the user takes part in (see workshops.store)
+    workshops: dict = field(default_factory=dict)
 
     @property
     def accounts(self) -> list[str]:
@@ -151,9 +159,18 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
 
     course_slug = _string(raw, "course")
     defaults = {}
+    booking = None
     if course_slug:
         _choice("course", course_slug, ctx.courses, "course")
         defaults = ctx.courses[course_slug].resources.as_options()
+        booking = ctx.workshops.get(course_slug)
+        active = booking and booking.reservation in ctx.reservations \
+            and ctx.reservations[booking.reservation].state == "ACTIVE"
+        if active and not _string(raw, "reservation"):
+            # a participant's course start during the workshop lands in its reservation
+            defaults = {**defaults, **booking.resources(), "reservation": booking.reservation}
+        else:
+            booking = None
 
     limits = site.limits
     # an empty value means "the default", as an untouched form field does
@@ -169,6 +186,9 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
                        ["any", *site.gpu_types], "GPU type")
 
     default_gpus = limits["gpus"].default if site.partitions[partition].gpus else 0
+    gpu_slices = _integer(raw, "gpu_slices", defaults.get("gpu_slices", limits["gpu_slices"].default))
+    if gpu_slices and "gpus" not in raw:
+        default_gpus = 0
     gpus = _integer(raw, "gpus", defaults.get("gpus", default_gpus))
     cpus = _integer(raw, "cpus", defaults.get("cpus", limits["cpus"].default))
     memory_gb = _integer(raw, "memory_gb", defaults.get("memory_gb", limits["memory_gb"].default))
@@ -181,6 +201,7 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
         raise OptionsError("gpus", f"QOS {qos!r} allows at most {site.qos[qos].max_gpus_per_user} GPU(s) per user")
     if gpus and gpu_type != "any" and gpus > site.gpu_types[gpu_type].count:
         raise OptionsError("gpus", f"the site has only {site.gpu_types[gpu_type].count} {gpu_type} GPU(s)")
+    _check_slices(site, partition, qos, gpu_type, gpus, gpu_slices)
     _in_range("cpus", cpus, limits["cpus"].min, limits["cpus"].max)
     _in_range("memory_gb", memory_gb, limits["memory_gb"].min, limits["memory_gb"].max)
     max_hours = min(limits["hours"].max, site.partitions[partition].max_hours,
@@ -188,11 +209,30 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
     _in_range("hours", hours, limits["hours"].min, max_hours,
               f" (partition {partition!r}{f' and QOS {qos!r}' if qos else ''})")
 
-    reservation = _string(raw, "reservation")
+    reservation = _string(raw, "reservation") or defaults.get("reservation", "")
     if reservation:
         _choice("reservation", reservation, [r.name for r in ctx.usable_reservations()], "reservation")
+    minutes = min(hours * 60, booking.minutes_left) if booking else 0
     return SessionOptions(partition, account, qos, gpu_type, gpus, cpus, memory_gb, hours,
-                          reservation, course_slug)
+                          reservation, course_slug, gpu_slices, minutes)
+
+
+def _check_slices(site: Site, partition: str, qos: str, gpu_type: str, gpus: int, gpu_slices: int) -> None:
+    limit = site.limits["gpu_slices"]
+    if not gpu_slices:
+        return
+    if not site.total_gpu_slices:
+        raise OptionsError("gpu_slices", "this site has no shared GPUs; ask for whole GPUs")
+    _in_range("gpu_slices", gpu_slices, limit.min, limit.max)
+    if gpus:
+        raise OptionsError("gpu_slices", "ask for whole GPUs or for GPU slices, not both")
+    if not site.partitions[partition].gpus:
+        raise OptionsError("gpu_slices", f"partition {partition!r} has no GPUs; choose a GPU partition")
+    if qos and gpu_slices > site.qos[qos].max_gpu_slices_per_user:
+        raise OptionsError("gpu_slices", f"QOS {qos!r} allows at most {site.qos[qos].max_gpu_slices_per_user} "
+                                         "GPU slice(s) per user")
+    if gpu_type != "any" and not site.gpu_types[gpu_type].shards:
+        raise OptionsError("gpu_slices", f"{gpu_type} GPUs are not shared; choose another type or whole GPUs")
 
 
 # ---------------------------------------------------------------- the form
@@ -225,7 +265,8 @@ def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> s
     for gpu in site.gpu_types.values():
         availability = ctx.gpus.get(gpu.name)
         free = availability.free if availability else None
-        gpu_types.append({"name": gpu.name, "description": gpu.description, "free": free, "total": gpu.count})
+        gpu_types.append({"name": gpu.name, "description": gpu.description, "free": free, "total": gpu.count,
+                          "shards": gpu.shards})
     return _templates.get_template("options_form.html").render(
         site=site,
         limits=limits,
@@ -233,6 +274,8 @@ def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> s
         accounts=accounts,
         qos=site.qos,
         gpu_types=gpu_types,
+        slices=ctx.slices,
+        total_slices=site.total_gpu_slices,
         reservations=ctx.usable_reservations(),
         selected={
             "partition": pick("partition", site.default_partition.name),
@@ -240,6 +283,7 @@ def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> s
             "qos": pick("qos", ""),
             "gpu_type": pick("gpu_type", "any"),
             "gpus": pick("gpus", limits["gpus"].default),
+            "gpu_slices": pick("gpu_slices", limits["gpu_slices"].default),
             "cpus": pick("cpus", limits["cpus"].default),
             "memory_gb": pick("memory_gb", limits["memory_gb"].default),
             "hours": pick("hours", limits["hours"].default),

@@ -26,6 +26,8 @@ class GpuType:
     name: str
     count: int
     description: str = ""
+    # GPU slices (Slurm gres/shard) per GPU: 0 = whole GPUs only
+    shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Qos:
     max_hours: int
     max_gpus_per_user: int
     priority: int = 0
+    # GPU slices (shards) a user may hold at once in this QOS; 0 = no slices
+    max_gpu_slices_per_user: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,22 @@ class Range:
     min: int
     max: int
     default: int
+
+
+@dataclass(frozen=True)
+class WorkshopSettings:
+    """How instructors' workshops use the cluster (the ``workshops`` section)."""
+
+    account: str = "uni-teaching"  # Slurm account of generated walk-in participants
+    qos: str = "workshop"
+    partition: str = ""  # where the reservation lives; default: the default partition
+    max_participants: int = 40
+    max_hours: int = 8
+    keep_walkin_files_days: int = 14
+    # cores: reserve participants x cpus cores (Slurm 22.05 cannot reserve GRES);
+    # nodes: reserve whole GPU nodes (GPUs guaranteed; what a production site uses)
+    reserve: str = "cores"
+    gpus_per_node: int = 0  # with reserve: nodes; 0 = all site GPUs sit on one node
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,7 @@ class Site:
     culler_timeout_seconds: int
     culler_every_seconds: int
     courses_dir: Path
+    workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -102,6 +123,14 @@ class Site:
     @property
     def total_gpus(self) -> int:
         return sum(g.count for g in self.gpu_types.values())
+
+    @property
+    def total_gpu_slices(self) -> int:
+        return sum(g.count * g.shards for g in self.gpu_types.values())
+
+    @property
+    def shared_gpu_types(self) -> list[str]:
+        return [g.name for g in self.gpu_types.values() if g.shards]
 
 
 def _get(mapping: dict, key: str, where: str, kind: type | tuple, default=...):
@@ -142,11 +171,12 @@ def _load_gpu_types(raw: dict) -> dict[str, GpuType]:
     for name, spec in _get(raw, "gpu_types", "site", dict).items():
         where = f"gpu_types.{name}"
         _name(name, where)
-        _check_unknown(spec, {"count", "description"}, where)
+        _check_unknown(spec, {"count", "description", "shards"}, where)
         types[name] = GpuType(
             name,
             _positive(_get(spec, "count", where, int), f"{where}.count"),
             _get(spec, "description", where, str, ""),
+            _positive(_get(spec, "shards", where, int, 0), f"{where}.shards"),
         )
     return types
 
@@ -198,13 +228,15 @@ def _load_qos(raw: dict) -> dict[str, Qos]:
     for name, spec in _get(raw, "qos", "site", dict).items():
         where = f"qos.{name}"
         _name(name, where)
-        _check_unknown(spec, {"description", "max_hours", "max_gpus_per_user", "priority"}, where)
+        _check_unknown(spec, {"description", "max_hours", "max_gpus_per_user", "max_gpu_slices_per_user",
+                              "priority"}, where)
         qos[name] = Qos(
             name,
             _get(spec, "description", where, str, ""),
             _get(spec, "max_hours", where, int),
             _get(spec, "max_gpus_per_user", where, int),
             _get(spec, "priority", where, int, 0),
+            _positive(_get(spec, "max_gpu_slices_per_user", where, int, 0), f"{where}.max_gpu_slices_per_user"),
         )
     return qos
 
@@ -212,10 +244,11 @@ def _load_qos(raw: dict) -> dict[str, Qos]:
 def _load_limits(raw: dict) -> dict[str, Range]:
     limits = {}
     spec = _get(raw, "limits", "site", dict)
-    _check_unknown(spec, {"cpus", "memory_gb", "hours", "gpus"}, "limits")
-    for key in ("cpus", "memory_gb", "hours", "gpus"):
+    _check_unknown(spec, {"cpus", "memory_gb", "hours", "gpus", "gpu_slices"}, "limits")
+    for key in ("cpus", "memory_gb", "hours", "gpus", "gpu_slices"):
         where = f"limits.{key}"
-        item = _get(spec, key, "limits", dict)
+        # GPU slices are optional: a site without shared GPUs offers none
+        item = _get(spec, key, "limits", dict, {"min": 0, "max": 0, "default": 0} if key == "gpu_slices" else ...)
         rng = Range(
             _get(item, "min", where, int), _get(item, "max", where, int), _get(item, "default", where, int)
         )
@@ -244,6 +277,37 @@ def _load_demo_users(raw: dict, accounts: dict, qos: dict) -> dict[str, DemoUser
     return users
 
 
+def _load_workshops(raw: dict, accounts: dict, qos: dict, partitions: dict) -> WorkshopSettings:
+    spec = _get(raw, "workshops", "site", dict, {})
+    where = "workshops"
+    defaults = WorkshopSettings()
+    _check_unknown(spec, {"account", "qos", "partition", "max_participants", "max_hours",
+                          "keep_walkin_files_days", "reserve", "gpus_per_node"}, where)
+    settings = WorkshopSettings(
+        account=_get(spec, "account", where, str, defaults.account),
+        qos=_get(spec, "qos", where, str, defaults.qos),
+        partition=_get(spec, "partition", where, str, ""),
+        max_participants=_positive(_get(spec, "max_participants", where, int, defaults.max_participants),
+                                   f"{where}.max_participants"),
+        max_hours=_positive(_get(spec, "max_hours", where, int, defaults.max_hours), f"{where}.max_hours"),
+        keep_walkin_files_days=_positive(_get(spec, "keep_walkin_files_days", where, int,
+                                              defaults.keep_walkin_files_days), f"{where}.keep_walkin_files_days"),
+        reserve=_get(spec, "reserve", where, str, defaults.reserve),
+        gpus_per_node=_positive(_get(spec, "gpus_per_node", where, int, 0), f"{where}.gpus_per_node"),
+    )
+    if "workshops" not in raw:
+        return settings
+    if settings.account not in accounts:
+        raise SiteError(f"{where}.account: unknown account {settings.account!r} (known: {', '.join(accounts)})")
+    if settings.qos not in qos:
+        raise SiteError(f"{where}.qos: unknown QOS {settings.qos!r} (known: {', '.join(qos)})")
+    if settings.partition and settings.partition not in partitions:
+        raise SiteError(f"{where}.partition: unknown partition {settings.partition!r}")
+    if settings.reserve not in ("cores", "nodes"):
+        raise SiteError(f"{where}.reserve: must be cores or nodes, got {settings.reserve!r}")
+    return settings
+
+
 def load_site(path: str | Path) -> Site:
     """Read and validate a site file. Raises SiteError naming the bad key."""
     path = Path(path).resolve()
@@ -258,7 +322,7 @@ def load_site(path: str | Path) -> Site:
     _check_unknown(
         raw,
         {"cluster", "gpu_types", "partitions", "accounts", "qos", "limits", "spawn", "groups",
-         "demo_users", "authentication", "culler", "courses_dir"},
+         "demo_users", "authentication", "culler", "courses_dir", "workshops"},
         "site",
     )
     cluster = _get(raw, "cluster", "site", dict)
@@ -273,6 +337,7 @@ def load_site(path: str | Path) -> Site:
         _name(group, f"groups.{group}"): tuple(members)
         for group, members in _get(raw, "groups", "site", dict, {}).items()
     }
+    partitions = _load_partitions(raw)
     site = Site(
         path=path,
         cluster_name=_name(_get(cluster, "name", "cluster", str), "cluster.name"),
@@ -280,7 +345,7 @@ def load_site(path: str | Path) -> Site:
         node_memory_mb=_get(cluster, "node_memory_mb", "cluster", int),
         default_mem_per_cpu_mb=_get(cluster, "default_mem_per_cpu_mb", "cluster", int),
         gpu_types=_load_gpu_types(raw),
-        partitions=_load_partitions(raw),
+        partitions=partitions,
         accounts=accounts,
         qos=qos,
         limits=_load_limits(raw),
@@ -292,6 +357,7 @@ def load_site(path: str | Path) -> Site:
         culler_timeout_seconds=_get(culler, "timeout_seconds", "culler", int, 3600),
         culler_every_seconds=_get(culler, "every_seconds", "culler", int, 300),
         courses_dir=(path.parent / _get(raw, "courses_dir", "site", str, "../courses")).resolve(),
+        workshops=_load_workshops(raw, accounts, qos, partitions),
         raw=raw,
     )
     return site

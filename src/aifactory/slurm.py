@@ -99,43 +99,74 @@ async def user_associations(username: str) -> list[Association]:
 class GpuAvailability:
     gpu_type: str
     total: int
-    used: int
+    used: int  # allocated whole
+    hosting_slices: int = 0  # GPUs that host at least one slice (not available whole)
+    slices_total: int = 0
 
     @property
     def free(self) -> int:
-        return max(self.total - self.used, 0)
+        """Whole GPUs free: neither allocated whole nor hosting slices."""
+        return max(self.total - self.used - self.hosting_slices, 0)
 
 
-GRES_ITEM_RE = re.compile(r"gpu:(?P<type>[\w.-]+):(?P<count>\d+)")
+@dataclass(frozen=True)
+class SliceAvailability:
+    """GPU slices (gres/shard) of the whole cluster: Slurm reports their use untyped."""
+
+    total: int
+    used: int
+    blocked: int  # slices of GPUs that are allocated whole
+
+    @property
+    def free(self) -> int:
+        return max(self.total - self.used - self.blocked, 0)
 
 
-def parse_gpu_availability(sinfo_text: str) -> dict[str, GpuAvailability]:
-    """``sinfo -h -N -O 'NodeHost:|,Gres:|,GresUsed:|,StateCompact:'`` (one line per node and partition).
+GRES_ITEM_RE = re.compile(r"(?<![\w])gpu:(?P<type>[\w.-]+):(?P<count>\d+)")
+SHARD_ITEM_RE = re.compile(r"(?<![\w])shard:(?P<type>[\w.-]+):(?P<count>\d+)")
+ALLOC_SHARDS_RE = re.compile(r"gres/shard=(\d+)")
+UNUSABLE_STATES = ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING", "POWERED_DOWN")
 
-    Down/drained nodes contribute no free GPUs. Lines repeat per partition; count each node once.
+
+def parse_gpu_availability(scontrol_text: str) -> tuple[dict[str, GpuAvailability], SliceAvailability]:
+    """``scontrol show node -o -d``: one line of key=value pairs per node.
+
+    Down/drained nodes contribute no free GPUs or slices. For shards, Slurm 22.05's GresUsed
+    counts the GPUs hosting shards (``shard:h100:1(IDX:0)`` with three shards on GPU 0), and
+    AllocTRES the shards themselves (``gres/shard=3``): both are used for what they mean.
     """
     total: dict[str, int] = {}
     used: dict[str, int] = {}
-    seen = set()
-    for line in sinfo_text.splitlines():
-        fields = [f.strip() for f in line.split("|")]
-        if len(fields) < 4 or fields[0] in seen:
+    hosting: dict[str, int] = {}
+    slices_total: dict[str, int] = {}
+    all_slices = slices_used = slices_blocked = 0
+    for line in scontrol_text.splitlines():
+        pairs = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "NodeName" not in pairs:
             continue
-        node, gres, gres_used, state = fields[:4]
-        seen.add(node)
-        unusable = state.startswith(("down", "drain", "fail")) or state.endswith("*")
-        node_total = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(gres)}
-        node_used = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(gres_used)}
+        unusable = any(flag in pairs.get("State", "").upper() for flag in UNUSABLE_STATES)
+        node_total = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(pairs.get("Gres", ""))}
+        node_used = {m["type"]: int(m["count"]) for m in GRES_ITEM_RE.finditer(pairs.get("GresUsed", ""))}
+        node_shards = {m["type"]: int(m["count"]) for m in SHARD_ITEM_RE.finditer(pairs.get("Gres", ""))}
+        node_hosting = {m["type"]: int(m["count"]) for m in SHARD_ITEM_RE.finditer(pairs.get("GresUsed", ""))}
+        alloc = ALLOC_SHARDS_RE.search(pairs.get("AllocTRES", ""))
         for gpu_type, count in node_total.items():
+            whole = count if unusable else node_used.get(gpu_type, 0)
             total[gpu_type] = total.get(gpu_type, 0) + count
-            used[gpu_type] = used.get(gpu_type, 0) + (count if unusable else node_used.get(gpu_type, 0))
-    return {t: GpuAvailability(t, total[t], used[t]) for t in total}
+            used[gpu_type] = used.get(gpu_type, 0) + whole
+            hosting[gpu_type] = hosting.get(gpu_type, 0) + (0 if unusable else node_hosting.get(gpu_type, 0))
+            shards = node_shards.get(gpu_type, 0)
+            slices_total[gpu_type] = slices_total.get(gpu_type, 0) + shards
+            all_slices += shards
+            if shards:
+                slices_blocked += shards if unusable else whole * (shards // count)
+        slices_used += int(alloc.group(1)) if alloc and not unusable else 0
+    gpus = {t: GpuAvailability(t, total[t], used[t], hosting[t], slices_total[t]) for t in total}
+    return gpus, SliceAvailability(all_slices, slices_used, slices_blocked)
 
 
-async def gpu_availability() -> dict[str, GpuAvailability]:
-    return parse_gpu_availability(
-        await run(["sinfo", "-h", "-N", "-O", "NodeHost:|,Gres:|,GresUsed:|,StateCompact:"])
-    )
+async def gpu_availability() -> tuple[dict[str, GpuAvailability], SliceAvailability]:
+    return parse_gpu_availability(await run(["scontrol", "show", "node", "-o", "-d"]))
 
 
 # ---------------------------------------------------------------- reservations (scontrol)
@@ -242,17 +273,25 @@ def parse_sacct(sacct_text: str) -> JobRecord | None:
     return None
 
 
+async def user_jobs(usernames: list[str]) -> list[dict]:
+    """The queue of these users, one squeue call (for the workshop overview)."""
+    if not usernames:
+        return []
+    return parse_squeue_overview(await run(["squeue", "-h", "-u", ",".join(usernames), "-o", OVERVIEW_FORMAT]))
+
+
 async def job_record(job_id: str) -> JobRecord | None:
     return parse_sacct(await run(["sacct", "-X", "-n", "-P", "-j", job_id,
                                   "-o", "JobID,State,ExitCode,Elapsed"]))
 
 
-OVERVIEW_FORMAT = "%i|%u|%a|%P|%T|%M|%l|%b|%j"
+OVERVIEW_FORMAT = "%i|%u|%a|%P|%T|%M|%l|%b|%j|%r|%L|%v"
 
 
 def parse_squeue_overview(squeue_text: str) -> list[dict]:
-    """``squeue -h -o OVERVIEW_FORMAT`` into dicts (for the instructors' overview)."""
-    keys = ("job_id", "user", "account", "partition", "state", "elapsed", "time_limit", "gres", "name")
+    """``squeue -h -o OVERVIEW_FORMAT`` into dicts (for the instructors' overviews)."""
+    keys = ("job_id", "user", "account", "partition", "state", "elapsed", "time_limit", "gres", "name",
+            "reason", "time_left", "reservation")
     rows = []
     for line in squeue_text.splitlines():
         parts = line.strip().split("|")

@@ -70,6 +70,12 @@ class AIFactorySpawner(SlurmSpawner):
         help="How long the user's Slurm associations are cached for the form and validation.",
     ).tag(config=True)
 
+    workshops_db = Unicode(
+        "",
+        help="SQLAlchemy URL of the workshops record (written by the workshops service): a participant's "
+        "course start during an open workshop lands in its reservation. Empty: no workshops.",
+    ).tag(config=True)
+
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
     @default("start_timeout")
@@ -101,6 +107,7 @@ class AIFactorySpawner(SlurmSpawner):
     _pending_since: float | None = None
     _submitted_job_id = ""
     _context: tuple[float, UserContext] | None = None
+    _workshop_note = ""
     # the last form each user submitted, so a refused form comes back filled in (JupyterHub
     # re-renders the form of the default server even when a named server was refused)
     _previous_forms: dict[str, dict] = {}
@@ -112,6 +119,14 @@ class AIFactorySpawner(SlurmSpawner):
         if not self.site_file:
             raise web.HTTPError(500, "AIFactorySpawner.site_file is not configured")
         return load_site(self.site_file)
+
+    @cached_property
+    def workshop_store(self):
+        if not self.workshops_db:
+            return None
+        from .workshops.store import open_store
+
+        return open_store(self.workshops_db)
 
     def _check_username(self) -> str:
         name = self.user.name
@@ -126,13 +141,14 @@ class AIFactorySpawner(SlurmSpawner):
             return self._context[1]
         username = self._check_username()
         try:
-            associations, reservations, gpus = await asyncio.gather(
+            associations, reservations, (gpus, slices) = await asyncio.gather(
                 slurm.user_associations(username), slurm.reservations(), slurm.gpu_availability()
             )
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             raise web.HTTPError(503, f"The cluster did not answer ({e}); please try again in a minute.") from e
         courses, _ = load_courses(self.site)
-        ctx = UserContext(username, associations, reservations, gpus, courses)
+        ctx = UserContext(username, associations, reservations, gpus, courses, slices,
+                          self.workshop_store.bookings_for(username) if self.workshop_store else {})
         self._context = (now, ctx)
         return ctx
 
@@ -168,6 +184,7 @@ class AIFactorySpawner(SlurmSpawner):
             raise web.HTTPError(400, f"Invalid session options: {e}") from e
         self.session = session
         self._previous_forms.pop(self.user.name, None)
+        self._workshop_note = self._explain_workshop(session, ctx)
         self.req_partition = session.partition
         self.req_account = session.account
         self.req_qos = session.qos
@@ -178,6 +195,19 @@ class AIFactorySpawner(SlurmSpawner):
         self.req_reservation = session.reservation
         if session.course:
             self.default_url = "/" + ctx.courses[session.course].lab_path
+
+    def _explain_workshop(self, session: SessionOptions, ctx: UserContext) -> str:
+        """A line for the progress page: in the workshop's reservation, or why not (yet)."""
+        booking = ctx.workshops.get(session.course)
+        if booking and session.reservation == booking.reservation:
+            return (f"Workshop {booking.title!r}: your session runs in its reservation "
+                    f"{booking.reservation} until {booking.end:%H:%M}")
+        if session.course and self.workshop_store:
+            upcoming = self.workshop_store.upcoming_for(ctx.username, session.course)
+            if upcoming:
+                return (f"Your workshop {upcoming.title!r} starts at {upcoming.start:%Y-%m-%d %H:%M}; "
+                        "until then this session queues like any other")
+        return ""
 
     # ------------------------------------------------------------ the batch script
 
@@ -305,8 +335,9 @@ class AIFactorySpawner(SlurmSpawner):
         """Progress with Slurm's reason, the expected start and the queue-wait budget."""
         while True:
             state = self.job_state()
+            note = f" ({self._workshop_note})" if self._workshop_note else ""
             if state is None:
-                yield {"progress": 10, "message": "Submitting your session to Slurm..."}
+                yield {"progress": 10, "message": "Submitting your session to Slurm..." + note}
             elif state.pending:
                 waited = time.monotonic() - (self._pending_since or time.monotonic())
                 parts = [f"Waiting in the Slurm queue (job {self.job_id})"]
@@ -318,6 +349,8 @@ class AIFactorySpawner(SlurmSpawner):
                     parts.append(f"expected start {state.expected_start:%H:%M}"
                                  + (f" (in {minutes:.0f} min)" if minutes >= 1 else ""))
                 parts.append(f"waited {waited:.0f} s of at most {self.max_queue_wait // 60} min")
+                if self._workshop_note:
+                    parts.append(self._workshop_note)
                 yield {"progress": 30, "message": "; ".join(parts)}
             elif state.running:
                 yield {"progress": 70, "message": f"Slurm job {self.job_id} running on {state.host}; "
