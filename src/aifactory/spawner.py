@@ -89,7 +89,8 @@ class AIFactorySpawner(SlurmSpawner):
 
     @default("batchspawner_singleuser_cmd")
     def _singleuser_default(self):
-        return f"{self.venv}/bin/batchspawner-singleuser"
+        # our port wrapper: batchspawner-singleuser's, without importing JupyterHub in the job
+        return f"{self.venv}/bin/aifactory-singleuser"
 
     @default("options_form")
     def _options_form_default(self):

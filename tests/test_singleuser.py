@@ -1,0 +1,55 @@
+"""The port wrapper in the job: registers a free port with the hub, then becomes the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+def test_registers_a_free_port_and_execs_the_server_with_it():
+    received = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append((self.path, self.headers["Authorization"],
+                             json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(201)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hub = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.handle_request, daemon=True).start()
+    env = dict(os.environ, JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub.server_port}/hub/api",
+               JUPYTERHUB_API_TOKEN="secret-token", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/user/x/")
+    out = subprocess.run([sys.executable, "-m", "aifactory.singleuser", sys.executable, "-c",
+                          "import os; print(os.environ['JUPYTERHUB_SERVICE_URL'])"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    (path, auth, body), = received
+    assert path == "/hub/api/batchspawner" and auth == "token secret-token"
+    assert set(body) == {"port"} and 1024 <= body["port"] <= 65535
+    assert out.stdout.strip() == f"http://127.0.0.1:{body['port']}/user/x/"
+
+
+def test_a_hub_that_refuses_the_port_ends_the_job_with_an_error():
+    class Hub(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hub = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.handle_request, daemon=True).start()
+    env = dict(os.environ, JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub.server_port}/hub/api",
+               JUPYTERHUB_API_TOKEN="t", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/")
+    out = subprocess.run([sys.executable, "-m", "aifactory.singleuser", "true"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "403" in out.stderr
