@@ -15,6 +15,7 @@ What it changes compared with stock SlurmSpawner:
 from __future__ import annotations
 
 import asyncio
+import html
 import pwd
 import shlex
 import time
@@ -25,7 +26,7 @@ from batchspawner import JobStatus, SlurmSpawner
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
-from . import batchscript, handlers, slurm
+from . import batchscript, handlers, security, slurm
 from .courses import load_courses
 from .options import OptionsError, SessionOptions, UserContext, normalise_form, render_form, validate
 from .site import USERNAME_RE, load_site
@@ -72,6 +73,12 @@ class AIFactorySpawner(SlurmSpawner):
 
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
+    failed_server_keep_seconds = Float(
+        30.0,
+        help="A named server whose start failed is removed after this many seconds (its progress "
+        "page can show the failure until then); one whose options were refused at once.",
+    ).tag(config=True)
+
     @default("start_timeout")
     def _start_timeout_default(self):
         # the queue wait is enforced by query_job_status with a clear message
@@ -101,6 +108,8 @@ class AIFactorySpawner(SlurmSpawner):
     _pending_since: float | None = None
     _submitted_job_id = ""
     _context: tuple[float, UserContext] | None = None
+    _start_failed = False
+    _refused = False
     # the last form each user submitted, so a refused form comes back filled in (JupyterHub
     # re-renders the form of the default server even when a named server was refused)
     _previous_forms: dict[str, dict] = {}
@@ -140,11 +149,22 @@ class AIFactorySpawner(SlurmSpawner):
         try:
             ctx = await self.user_context()
         except web.HTTPError as e:
-            return f'<div class="alert alert-danger">{e.log_message}</div>'
+            return f'<div class="alert alert-danger">{html.escape(e.log_message)}</div>'
         if not ctx.associations:
             return ('<div class="alert alert-danger">You have no Slurm account yet. '
                     'Ask your instructor or the AI-factory admins to add you.</div>')
         previous = self._previous_forms.get(self.user.name) or self.user_options
+        handler = getattr(self, "handler", None)
+        link_options = getattr(handler, "confirm_options", None)
+        if link_options and handler.request.method == "GET" and not handler._finished:
+            # a link's options (course start): the form, filled in, is the confirmation page
+            try:
+                previous = normalise_form(link_options)
+            except OptionsError as e:
+                return f'<div class="alert alert-danger">{html.escape(str(e))}</div>'
+            course = ctx.courses.get(previous.get("course"))
+            if course:
+                previous = {**course.resources.as_options(), **previous}
         return render_form(self.site, ctx, previous=previous)
 
     def _remember_form(self, formdata):
@@ -164,6 +184,7 @@ class AIFactorySpawner(SlurmSpawner):
         try:
             session = validate(user_options, self.site, ctx)
         except OptionsError as e:
+            self._start_failed = self._refused = True
             self.log.warning("Refused options for %s: %s", self._log_name, e)
             raise web.HTTPError(400, f"Invalid session options: {e}") from e
         self.session = session
@@ -290,9 +311,10 @@ class AIFactorySpawner(SlurmSpawner):
         except asyncio.CancelledError:
             starting.cancel()
             raise
-        except RuntimeError as e:
+        except Exception as e:
+            self._start_failed = True
             # batchspawner: "The Jupyter batch job has disappeared while pending ... or died"
-            if "disappeared" in str(e) and self._submitted_job_id:
+            if isinstance(e, RuntimeError) and "disappeared" in str(e) and self._submitted_job_id:
                 raise web.HTTPError(500, await self._death_report(self._submitted_job_id)) from e
             raise
 
@@ -327,6 +349,14 @@ class AIFactorySpawner(SlurmSpawner):
             else:
                 yield {"progress": 20, "message": f"Slurm state: {state.state} {state.reason}".strip()}
             await asyncio.sleep(1)
+
+    def run_post_stop_hook(self):
+        # a refused or failed start must not leave its named-server record behind: the records
+        # count against named_server_limit_per_user even though nothing runs
+        if self._start_failed and self.name:
+            delay = 0.0 if self._refused else self.failed_server_keep_seconds
+            asyncio.ensure_future(security.remove_failed_named_server(self, delay))
+        return super().run_post_stop_hook()
 
     async def poll(self):
         status = await self.query_job_status()
