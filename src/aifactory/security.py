@@ -157,6 +157,25 @@ class ConfirmingSpawnHandler(BodyLimit, pages.SpawnHandler):
         self.confirm_options = super()._get_user_options(query_options)
         return {}
 
+    async def _without_new_idle_record(self, handle, user_name, server_name, display_name):
+        # JupyterHub creates the named server's record when the page is shown or the form is
+        # refused; a record that did not exist before and runs nothing would count against
+        # named_server_limit_per_user (a page could fill it with links)
+        user = self.find_user(user_name or self.current_user.name)
+        existed = user is None or not server_name or server_name in user.orm_spawners
+        try:
+            return await handle(user_name, server_name, display_name)
+        finally:
+            spawner = None if existed else user.spawners.get(server_name)
+            if spawner is not None and not spawner.active:
+                await remove_named_server_record(spawner)
+
+    async def _get(self, user_name, server_name, display_name):
+        return await self._without_new_idle_record(super()._get, user_name, server_name, display_name)
+
+    async def _post(self, user_name, server_name, display_name):
+        return await self._without_new_idle_record(super()._post, user_name, server_name, display_name)
+
 
 class LimitedUserServerAPIHandler(BodyLimit, users_api.UserServerAPIHandler):
     """The server API (``POST /hub/api/users/NAME/server[s/SERVER]``) with a capped body."""
@@ -173,8 +192,8 @@ def install_routes(page_routes: list, api_routes: list) -> None:
 # ---------------------------------------------------------------- failed named servers
 
 
-async def remove_failed_named_server(spawner, delay: float = 0.0) -> None:
-    """Remove a named server's record once its failed start has been cleaned up.
+async def remove_named_server_record(spawner, delay: float = 0.0) -> None:
+    """Remove the record of a named server that runs nothing (a failed start, a page never confirmed).
 
     Waits ``delay`` seconds (the progress page may still want the failure message), then
     removes it like ``DELETE .../servers/NAME {"remove": true}`` does, unless it was started again.
@@ -189,7 +208,7 @@ async def remove_failed_named_server(spawner, delay: float = 0.0) -> None:
     if not name or spawner.active or (current is not None and current is not spawner) \
             or name not in user.orm_spawners:
         return
-    spawner.log.info("Removing named server %s after its failed start", spawner._log_name)
+    spawner.log.info("Removing the record of named server %s: nothing runs on it", spawner._log_name)
     await user._delete_spawner(spawner)
     user.db.delete(spawner.orm_spawner)
     user.spawners.pop(name, None)

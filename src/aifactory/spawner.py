@@ -355,7 +355,7 @@ class AIFactorySpawner(SlurmSpawner):
         # count against named_server_limit_per_user even though nothing runs
         if self._start_failed and self.name:
             delay = 0.0 if self._refused else self.failed_server_keep_seconds
-            asyncio.ensure_future(security.remove_failed_named_server(self, delay))
+            asyncio.ensure_future(security.remove_named_server_record(self, delay))
         return super().run_post_stop_hook()
 
     async def poll(self):
