@@ -238,3 +238,39 @@ def test_wrong_passwords_are_throttled_per_user_and_address(monkeypatch):
     assert tried == ["partner1"] * 5 and answers[5:] == [429] * 25
     answers = [attempt(f"user{i}", "10.1.1.1") for i in range(12)]
     assert answers[8:] == [429] * 4 and len(tried) == 5 + 8
+
+
+# ---------------------------------------------------------------- 11: stop during a controller outage
+
+
+def test_stop_retries_scancel_until_slurm_confirms(monkeypatch):
+    import logging
+
+    from aifactory import slurm
+    from aifactory.spawner import AIFactorySpawner
+
+    answers = iter([
+        slurm.SlurmUnavailable("slurm_load_jobs error: Unable to contact slurm controller"),  # scancel
+        "", "RUNNING|None|2026-01-01T10:00:00|node1",  # scancel accepted, the job still runs
+        "", "",  # scancel, and squeue no longer lists it
+    ])
+    commands = []
+
+    async def run(argv, timeout=None, input=None):
+        commands.append(argv[argv.index("-u") + 2])
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def no_wait(seconds):
+        pass
+
+    monkeypatch.setattr(slurm, "run", run)
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+    spawner = SimpleNamespace(job_id="57", stop_confirm_seconds=60.0, cancel_retry_seconds=30.0,
+                              slurm_timeout=1.0, log=logging.getLogger("test"), _log_name="researcher1",
+                              _exec_prefix=lambda: ["sudo", "-E", "-u", "researcher1"])
+    spawner._cancel_confirmed = lambda job_id: AIFactorySpawner._cancel_confirmed(spawner, job_id)
+    asyncio.run(AIFactorySpawner.stop(spawner))
+    assert commands == ["scancel", "scancel", "squeue", "scancel", "squeue"]

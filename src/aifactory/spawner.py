@@ -73,6 +73,17 @@ class AIFactorySpawner(SlurmSpawner):
 
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
+    stop_confirm_seconds = Float(
+        60.0,
+        help="How long a stop retries scancel until Slurm confirms the job ended; after that the "
+        "hub keeps retrying in the background every cancel_retry_seconds.",
+    ).tag(config=True)
+
+    cancel_retry_seconds = Float(
+        30.0,
+        help="Interval of the background scancel retries for jobs whose end Slurm has not confirmed.",
+    ).tag(config=True)
+
     failed_server_keep_seconds = Float(
         30.0,
         help="A named server whose start failed is removed after this many seconds (its progress "
@@ -349,6 +360,49 @@ class AIFactorySpawner(SlurmSpawner):
             else:
                 yield {"progress": 20, "message": f"Slurm state: {state.state} {state.reason}".strip()}
             await asyncio.sleep(1)
+
+    async def _cancel_confirmed(self, job_id: str) -> bool:
+        """One scancel, then squeue: True once Slurm no longer lists the job as pending or running."""
+        prefix = self._exec_prefix()
+        try:
+            await slurm.run([*prefix, "scancel", job_id], timeout=self.slurm_timeout)
+            out = await slurm.run([*prefix, "squeue", "-h", "-j", job_id, "-o", slurm.JOB_QUERY_FORMAT],
+                                  timeout=self.slurm_timeout)
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
+            if isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e)):
+                return True
+            self.log.warning("Cancelling job %s of %s not confirmed yet (%s)", job_id, self._log_name, e)
+            return False
+        state = slurm.parse_job_state(out)
+        return state is None or not (state.running or state.pending)
+
+    async def stop(self, now=False):
+        """scancel until Slurm confirms: a stop during a controller outage must not leave the job
+        running unseen (batchspawner gives up after one failed scancel and forgets the job id)."""
+        job_id = self.job_id
+        if not job_id:
+            return
+        self.log.info("Stopping server job %s", job_id)
+        deadline = time.monotonic() + (0 if now else self.stop_confirm_seconds)
+        delay = 1.0
+        while not await self._cancel_confirmed(job_id):
+            if time.monotonic() >= deadline:
+                self.log.error("Slurm has not confirmed the end of job %s of %s; retrying every %.0f s",
+                               job_id, self._log_name, self.cancel_retry_seconds)
+                asyncio.ensure_future(self._cancel_in_background(job_id))
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+    async def _cancel_in_background(self, job_id: str) -> None:
+        attempts = 1
+        while True:
+            await asyncio.sleep(self.cancel_retry_seconds)
+            attempts += 1
+            if await self._cancel_confirmed(job_id):
+                break
+        self.log.info("Job %s of %s confirmed ended after %d background attempts", job_id, self._log_name,
+                      attempts)
 
     def run_post_stop_hook(self):
         # a refused or failed start must not leave its named-server record behind: the records
