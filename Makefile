@@ -59,7 +59,9 @@ cluster-stop:
 	$(VENV)/bin/aifactory cluster stop
 
 hub: cluster publish
-	mkdir -p $(STATE)
+	# the state (database, cookie secret, log) is private: the hub's files are created 0600
+	umask 077
+	mkdir -p $(STATE); chmod 700 $(STATE)
 	if [ -f $(STATE)/hub.pid ] && kill -0 $$(cat $(STATE)/hub.pid) 2>/dev/null; then
 	  echo "== the hub is already running (log: $(STATE)/hub.log)"
 	else

@@ -84,6 +84,11 @@ def test_student_starts_a_course_from_the_catalogue(page, clean_hub, site):
     assert course.level in card.inner_text()
     page.screenshot(path=SCREENSHOTS / "catalogue.png", full_page=True)
     card.locator("a.start").click()
+    # a link never starts a session: the form, filled in with the course, asks for confirmation
+    page.wait_for_selector("#aif-confirm-course")
+    page.screenshot(path=SCREENSHOTS / "course-confirm.png", full_page=True)
+    assert user_jobs("student2") == []
+    page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
     page.wait_for_selector(LAB_READY, timeout=120_000)
     # the first notebook of the course is open in the main area
     page.wait_for_function(

@@ -25,7 +25,7 @@ def test_spawner_and_named_servers(site):
 
 def test_pam_by_default_with_groups_and_admins(site):
     c = applied(site)
-    assert c.JupyterHub.authenticator_class == "pam"
+    assert c.JupyterHub.authenticator_class == "aifactory.auth.ThrottledPAMAuthenticator"
     assert "student1" in c.Authenticator.allowed_users
     assert c.Authenticator.admin_users == {"admin1"}
     assert c.JupyterHub.load_groups["instructors"] == {"users": ["instructor1"]}

@@ -34,6 +34,10 @@ TEMPLATE = """\
 {% endif %}{% if o.reservation %}#SBATCH --reservation={{ o.reservation }}
 {% endif %}
 set -euo pipefail
+# private by default: course copies, notebooks and the session log are the user's alone
+# (slurmd creates the log before this line runs, so it is tightened explicitly)
+umask 077
+chmod 600 "{{ homedir }}/.aifactory-session-$SLURM_JOB_ID.log" 2>/dev/null || true
 trap 'echo SIGTERM received' TERM
 echo "AI factory session: job $SLURM_JOB_ID on $(hostname), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
 {% if course_sync %}{{ course_sync }} || echo "course copy failed; your earlier files are unchanged"

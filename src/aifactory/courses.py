@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from jupyterhub.slugs import is_valid_safe_slug
 
 from .site import Site
 
@@ -199,9 +201,10 @@ def load_course(folder: Path, site: Site, problems: CourseProblems | None = None
     before = len(problems.errors)
     slug = folder.name
     where = str(folder / "course.yaml")
-    if not SLUG_RE.match(slug):
-        problems.add(str(folder), f"folder name {slug!r} is not a valid course slug "
-                                  "(lower-case letters, digits and -)")
+    # the slug names the course's JupyterHub server: JupyterHub's own rule decides
+    if not SLUG_RE.match(slug) or not is_valid_safe_slug(slug):
+        problems.add(str(folder), f"folder name {slug!r} is not a valid course slug (2-30 lower-case "
+                                  "letters, digits and single -, starting with a letter, not ending with -)")
         return None
     try:
         raw = yaml.safe_load((folder / "course.yaml").read_text())
@@ -266,21 +269,36 @@ def load_courses(site: Site, courses_dir: Path | None = None) -> tuple[dict[str,
 # ---------------------------------------------------------------- distribution
 
 
+def _read_nofollow(path: Path) -> bytes:
+    """The content of ``path``; a symbolic link is refused (OSError), never followed."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        return f.read()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as a 0600 file: never through a link, never readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, 0o600)
+        f.write(data)
+
+
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_read_nofollow(path)).hexdigest()
 
 
 def _read_delivered(dest: Path) -> dict[str, str]:
     """What was delivered into ``dest``: file name -> hash of the delivered version."""
     try:
-        return json.loads((dest / STATE_FILE).read_text())
+        return json.loads(_read_nofollow(dest / STATE_FILE))
     except (OSError, ValueError):
         return {}
 
 
 def _write_delivered(dest: Path, delivered: dict[str, str]) -> None:
     tmp = dest / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(delivered, indent=1, sort_keys=True))
+    tmp.unlink(missing_ok=True)
+    _write_private(tmp, json.dumps(delivered, indent=1, sort_keys=True).encode())
     tmp.replace(dest / STATE_FILE)
 
 
@@ -290,9 +308,12 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     kept_edits: list[str] = field(default_factory=list)  # instructor update held back
     unchanged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "name (why)": links, unreadable files
 
     def summary(self) -> str:
         lines = []
+        if self.skipped:
+            lines.append(f"skipped: {', '.join(self.skipped)}")
         if self.copied:
             lines.append(f"new: {', '.join(self.copied)}")
         if self.updated:
@@ -311,44 +332,61 @@ def course_files(course: Course) -> list[str]:
 
 
 def sync_course(course: Course, dest: Path) -> SyncReport:
-    """Copy new and untouched files into ``dest``; never overwrite a student's edit."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Copy new and untouched files into ``dest``; never overwrite a student's edit.
+
+    Files are written private (0600). Links in the student's copy are never followed (a link
+    could make the copy overwrite or disclose another file); they and unreadable files are
+    reported in ``skipped``.
+    """
+    if dest.is_symlink():
+        raise ValueError(f"{dest} is a link; course copies are not written through links")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     delivered = _read_delivered(dest)
     report = SyncReport()
     for name in course_files(course):
         source, target = course.path / name, dest / name
-        source_hash = _sha256(source)
-        if not target.exists():
-            if name in delivered:
-                # the student deleted it: respect that, `courses fetch` brings it back
-                report.unchanged.append(name)
+        try:
+            source_data = _read_nofollow(source)
+            source_hash = hashlib.sha256(source_data).hexdigest()
+            if target.is_symlink():
+                report.skipped.append(f"{name} (a link: links are never followed)")
                 continue
-            shutil.copyfile(source, target)
-            delivered[name] = source_hash
-            report.copied.append(name)
-            continue
-        current = _sha256(target)
-        if current == source_hash:
-            delivered[name] = source_hash
-            report.unchanged.append(name)
-        elif current == delivered.get(name):
-            shutil.copyfile(source, target)
-            delivered[name] = source_hash
-            report.updated.append(name)
-        else:
-            report.kept_edits.append(name)
+            if not target.exists():
+                if name in delivered:
+                    # the student deleted it: respect that, `courses fetch` brings it back
+                    report.unchanged.append(name)
+                    continue
+                _write_private(target, source_data)
+                delivered[name] = source_hash
+                report.copied.append(name)
+                continue
+            current = _sha256(target)
+            if current == source_hash:
+                delivered[name] = source_hash
+                report.unchanged.append(name)
+            elif current == delivered.get(name):
+                _write_private(target, source_data)
+                delivered[name] = source_hash
+                report.updated.append(name)
+            else:
+                report.kept_edits.append(name)
+        except OSError as e:
+            report.skipped.append(f"{name} ({e.strerror or e})")
     _write_delivered(dest, delivered)
     updates = dest / UPDATES_FILE
+    if updates.is_symlink():
+        updates.unlink()
     if report.kept_edits:
-        updates.write_text(
-            f"# Course updates not applied to your files\n\n"
+        _write_private(
+            updates,
+            (f"# Course updates not applied to your files\n\n"
             f"Your instructor updated these notebooks of **{course.title}**, but you have edited "
             f"your copies, so they were left as you had them:\n\n"
             + "".join(f"- `{name}`\n" for name in report.kept_edits)
             + f"\nTo get the instructor's version next to yours, open a terminal and run\n\n"
               f"    aifactory courses fetch {course.slug} NOTEBOOK\n\n"
               f"It is saved as `NOTEBOOK.fresh.ipynb`; your own file is not touched.\n"
-              f"(Add `--replace` to keep a backup of yours and take the fresh copy in its place.)\n"
+              f"(Add `--replace` to keep a backup of yours and take the fresh copy in its place.)\n").encode(),
         )
     elif updates.exists():
         updates.unlink()
@@ -360,17 +398,21 @@ def fetch_fresh(course: Course, notebook: str, dest: Path, replace: bool = False
     if notebook not in course_files(course):
         raise ValueError(f"course {course.slug!r} has no file {notebook!r} "
                          f"(files: {', '.join(course_files(course))})")
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.is_symlink():
+        raise ValueError(f"{dest} is a link; course copies are not written through links")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     source, target = course.path / notebook, dest / notebook
     if replace:
-        if target.exists():
+        if target.exists() or target.is_symlink():
             backup = target.with_name(f"{target.stem}.backup-{time.strftime('%Y%m%d-%H%M%S')}{target.suffix}")
             target.replace(backup)
-        shutil.copyfile(source, target)
+        _write_private(target, _read_nofollow(source))
         _write_delivered(dest, _read_delivered(dest) | {notebook: _sha256(source)})
         return target
     fresh = target.with_name(f"{target.stem}.fresh{target.suffix}")
-    shutil.copyfile(source, fresh)
+    if fresh.is_symlink():
+        fresh.unlink()
+    _write_private(fresh, _read_nofollow(source))
     return fresh
 
 
@@ -384,7 +426,7 @@ def publish(site: Site, target: Path) -> tuple[list[str], list[str]]:
     staging = target.with_name(target.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "courses").mkdir(parents=True)
-    # demo passwords stay private; jobs only need the courses and limits
+    # jobs only need the courses and limits, not the local demo's users
     raw = {k: v for k, v in site.raw.items() if k != "demo_users"} | {"courses_dir": "courses"}
     (staging / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for course in courses.values():
@@ -456,12 +498,15 @@ def cli(args, site: Site) -> int:
     course = _one_course(site, args.slug)
     dest = args.dest or Path.home() / "courses" / course.slug
     if args.action == "sync":
-        report = sync_course(course, dest)
+        try:
+            report = sync_course(course, dest)
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
         print(f"course {course.slug} in {dest}: {report.summary()}")
         return 0
     try:
         path = fetch_fresh(course, args.notebook, dest, replace=args.replace)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"fresh copy written to {path}")
     return 0

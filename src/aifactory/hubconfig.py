@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .courses import PUBLISHED_DIR
+from .security import read_secret_file
 from .site import Site
 
 CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
@@ -44,7 +45,11 @@ def apply_authentication(c, site: Site) -> None:
         oidc = auth["oidc"]
         c.JupyterHub.authenticator_class = "generic-oauth"
         c.GenericOAuthenticator.client_id = oidc["client_id"]
-        c.GenericOAuthenticator.client_secret = os.environ.get(oidc.get("client_secret_env", ""), "")
+        # secrets never live in the site file: the environment, or a file only the hub can read
+        if oidc.get("client_secret_file"):
+            c.GenericOAuthenticator.client_secret = read_secret_file(oidc["client_secret_file"])
+        else:
+            c.GenericOAuthenticator.client_secret = os.environ.get(oidc.get("client_secret_env", ""), "")
         c.GenericOAuthenticator.authorize_url = oidc["authorize_url"]
         c.GenericOAuthenticator.token_url = oidc["token_url"]
         c.GenericOAuthenticator.userdata_url = oidc["userdata_url"]
@@ -55,7 +60,8 @@ def apply_authentication(c, site: Site) -> None:
         c.GenericOAuthenticator.allowed_groups = set(site.groups)
         c.GenericOAuthenticator.admin_groups = {"admins"}
     else:
-        c.JupyterHub.authenticator_class = "pam"
+        # PAM with login throttling per user and client address (aifactory/auth.py)
+        c.JupyterHub.authenticator_class = "aifactory.auth.ThrottledPAMAuthenticator"
         # HPC login nodes manage sessions themselves
         c.PAMAuthenticator.open_sessions = False
         c.Authenticator.allowed_users = set(members)

@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from .security import DEMO_PASSWORDS_FILE, ensure_demo_passwords
 from .site import Site
 
 SLURM_ETC = Path("/etc/slurm")
@@ -317,12 +318,16 @@ def start_slurmd(site: Site) -> None:
              lambda: node_state().rstrip("*") in ("idle", "mixed", "allocated"), 60)
 
 
-def create_demo_users(site: Site) -> None:
+def create_demo_users(site: Site, passwords_file: Path = DEMO_PASSWORDS_FILE) -> None:
+    # random passwords in a root-only file (kept across runs), never in the readable site file
+    passwords = ensure_demo_passwords(site.demo_users, passwords_file)
     for user in site.demo_users.values():
         if run(["id", "-u", user.name], check=False).returncode != 0:
             log(f"creating unix user {user.name}")
             run(["useradd", "--create-home", "--shell", "/bin/bash", user.name])
-        run(["chpasswd"], input=f"{user.name}:{user.password}\n")
+        run(["chpasswd"], input=f"{user.name}:{passwords[user.name]}\n")
+        # other users must not read session logs and course copies (useradd's default is 0755)
+        Path(run(["getent", "passwd", user.name]).stdout.split(":")[5]).chmod(0o700)
 
 
 def start(site: Site) -> None:

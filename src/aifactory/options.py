@@ -23,12 +23,24 @@ OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "gpu_slices", 
 NUMBER_KEYS = ("gpus", "gpu_slices", "cpus", "memory_gb", "hours")
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FORBIDDEN_RE = re.compile(r"[\x00-\x1f\x7f;&|`$<>(){}\[\]\\'\"*?!#~=\s]")
+# a 1 MB value must not come back as a 1 MB error page, log line or database row
+MAX_KEY_LENGTH = 32
+MAX_VALUE_LENGTH = 256
+QUOTE_CHARS = 40
+PLAIN_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def quote_prefix(value, limit: int = QUOTE_CHARS) -> str:
+    """``repr`` of at most ``limit`` characters: control characters escaped, size bounded."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
 
 
 class OptionsError(ValueError):
     """Refused session options; ``field`` names the offending option."""
 
     def __init__(self, field: str, message: str):
+        field = field if PLAIN_KEY_RE.match(str(field)) else quote_prefix(field)
         self.field = field
         super().__init__(f"{field}: {message}")
 
@@ -102,7 +114,7 @@ def _string(raw: dict, key: str) -> str:
         bad = sorted({repr(c) for c in FORBIDDEN_RE.findall(value)})
         raise OptionsError(key, f"contains characters that are not allowed ({', '.join(bad)})")
     if value and not SAFE_NAME_RE.match(value):
-        raise OptionsError(key, f"{value!r} is not a valid name")
+        raise OptionsError(key, f"{quote_prefix(value)} is not a valid name")
     return value
 
 
@@ -122,7 +134,7 @@ def _integer(raw: dict, key: str, default: int) -> int:
 def _choice(key: str, value: str, allowed, what: str) -> str:
     allowed = list(allowed)
     if value not in allowed:
-        raise OptionsError(key, f"{what} {value!r} is not available to you "
+        raise OptionsError(key, f"{what} {quote_prefix(value)} is not available to you "
                                 f"(choose from: {', '.join(allowed) or 'none'})")
     return value
 
@@ -133,8 +145,20 @@ def _in_range(key: str, value: int, low: int, high: int, why: str = "") -> int:
     return value
 
 
+def check_sizes(raw: dict) -> None:
+    """Refuse over-long option names and values before anything stores or echoes them."""
+    for key, value in raw.items():
+        if len(str(key)) > MAX_KEY_LENGTH:
+            raise OptionsError(key, f"option names are at most {MAX_KEY_LENGTH} characters")
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str | bytes) and len(item) > MAX_VALUE_LENGTH:
+                raise OptionsError(key, f"{quote_prefix(item)} is longer than {MAX_VALUE_LENGTH} characters")
+
+
 def normalise_form(formdata: dict[str, list[str]]) -> dict:
     """Form posts arrive as lists of strings: keep the single value of each field."""
+    check_sizes(formdata)
     options = {}
     for key, values in formdata.items():
         if key == "_xsrf":  # JupyterHub's CSRF token travels with the form
@@ -151,6 +175,7 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
         raw = {}
     if not isinstance(raw, dict):
         raise OptionsError("options", f"must be a JSON object, got {type(raw).__name__}")
+    check_sizes(raw)
     unknown = sorted(str(k) for k in raw if k not in OPTION_KEYS)
     if unknown:
         raise OptionsError(unknown[0], f"unknown option (allowed: {', '.join(OPTION_KEYS)})")
@@ -288,5 +313,6 @@ def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> s
             "memory_gb": pick("memory_gb", limits["memory_gb"].default),
             "hours": pick("hours", limits["hours"].default),
             "reservation": pick("reservation", ""),
+            "course": pick("course", ""),
         },
     )

@@ -86,7 +86,6 @@ class DemoUser:
     name: str
     account: str
     qos: tuple[str, ...]
-    password: str
     extra_accounts: tuple[str, ...] = ()
 
 
@@ -263,7 +262,11 @@ def _load_demo_users(raw: dict, accounts: dict, qos: dict) -> dict[str, DemoUser
     for name, spec in _get(raw, "demo_users", "site", dict, {}).items():
         where = f"demo_users.{name}"
         _name(name, where, USERNAME_RE)
-        _check_unknown(spec, {"account", "qos", "password", "extra_accounts"}, where)
+        if isinstance(spec, dict) and "password" in spec:
+            # the site file is readable by every local user: it holds facts, never secrets
+            raise SiteError(f"{where}.password: passwords do not belong in the site file; the local "
+                            "cluster generates them into a root-only file (see README)")
+        _check_unknown(spec, {"account", "qos", "extra_accounts"}, where)
         account = _get(spec, "account", where, str)
         extra = tuple(_get(spec, "extra_accounts", where, list, []))
         for acc in (account, *extra):
@@ -273,7 +276,7 @@ def _load_demo_users(raw: dict, accounts: dict, qos: dict) -> dict[str, DemoUser
         for q in user_qos:
             if q not in qos:
                 raise SiteError(f"{where}.qos: unknown QOS {q!r} (known: {', '.join(qos)})")
-        users[name] = DemoUser(name, account, user_qos, _get(spec, "password", where, str), extra)
+        users[name] = DemoUser(name, account, user_qos, extra)
     return users
 
 

@@ -15,6 +15,7 @@ What it changes compared with stock SlurmSpawner:
 from __future__ import annotations
 
 import asyncio
+import html
 import pwd
 import shlex
 import time
@@ -25,7 +26,7 @@ from batchspawner import JobStatus, SlurmSpawner
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
-from . import batchscript, handlers, slurm
+from . import batchscript, handlers, security, slurm
 from .courses import load_courses
 from .options import OptionsError, SessionOptions, UserContext, normalise_form, render_form, validate
 from .site import USERNAME_RE, load_site
@@ -78,6 +79,23 @@ class AIFactorySpawner(SlurmSpawner):
 
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
+    stop_confirm_seconds = Float(
+        60.0,
+        help="How long a stop retries scancel until Slurm confirms the job ended; after that the "
+        "hub keeps retrying in the background every cancel_retry_seconds.",
+    ).tag(config=True)
+
+    cancel_retry_seconds = Float(
+        30.0,
+        help="Interval of the background scancel retries for jobs whose end Slurm has not confirmed.",
+    ).tag(config=True)
+
+    failed_server_keep_seconds = Float(
+        30.0,
+        help="A named server whose start failed is removed after this many seconds (its progress "
+        "page can show the failure until then); one whose options were refused at once.",
+    ).tag(config=True)
+
     @default("start_timeout")
     def _start_timeout_default(self):
         # the queue wait is enforced by query_job_status with a clear message
@@ -109,6 +127,8 @@ class AIFactorySpawner(SlurmSpawner):
     _submitted_job_id = ""
     _context: tuple[float, UserContext] | None = None
     _workshop_note = ""
+    _start_failed = False
+    _refused = False
     # the last form each user submitted, so a refused form comes back filled in (JupyterHub
     # re-renders the form of the default server even when a named server was refused)
     _previous_forms: dict[str, dict] = {}
@@ -157,11 +177,22 @@ class AIFactorySpawner(SlurmSpawner):
         try:
             ctx = await self.user_context()
         except web.HTTPError as e:
-            return f'<div class="alert alert-danger">{e.log_message}</div>'
+            return f'<div class="alert alert-danger">{html.escape(e.log_message)}</div>'
         if not ctx.associations:
             return ('<div class="alert alert-danger">You have no Slurm account yet. '
                     'Ask your instructor or the AI-factory admins to add you.</div>')
         previous = self._previous_forms.get(self.user.name) or self.user_options
+        handler = getattr(self, "handler", None)
+        link_options = getattr(handler, "confirm_options", None)
+        if link_options and handler.request.method == "GET" and not handler._finished:
+            # a link's options (course start): the form, filled in, is the confirmation page
+            try:
+                previous = normalise_form(link_options)
+            except OptionsError as e:
+                return f'<div class="alert alert-danger">{html.escape(str(e))}</div>'
+            course = ctx.courses.get(previous.get("course"))
+            if course:
+                previous = {**course.resources.as_options(), **previous}
         return render_form(self.site, ctx, previous=previous)
 
     def _remember_form(self, formdata):
@@ -181,6 +212,7 @@ class AIFactorySpawner(SlurmSpawner):
         try:
             session = validate(user_options, self.site, ctx)
         except OptionsError as e:
+            self._start_failed = self._refused = True
             self.log.warning("Refused options for %s: %s", self._log_name, e)
             raise web.HTTPError(400, f"Invalid session options: {e}") from e
         self.session = session
@@ -321,9 +353,10 @@ class AIFactorySpawner(SlurmSpawner):
         except asyncio.CancelledError:
             starting.cancel()
             raise
-        except RuntimeError as e:
+        except Exception as e:
+            self._start_failed = True
             # batchspawner: "The Jupyter batch job has disappeared while pending ... or died"
-            if "disappeared" in str(e) and self._submitted_job_id:
+            if isinstance(e, RuntimeError) and "disappeared" in str(e) and self._submitted_job_id:
                 raise web.HTTPError(500, await self._death_report(self._submitted_job_id)) from e
             raise
 
@@ -361,6 +394,57 @@ class AIFactorySpawner(SlurmSpawner):
             else:
                 yield {"progress": 20, "message": f"Slurm state: {state.state} {state.reason}".strip()}
             await asyncio.sleep(1)
+
+    async def _cancel_confirmed(self, job_id: str) -> bool:
+        """One scancel, then squeue: True once Slurm no longer lists the job as pending or running."""
+        prefix = self._exec_prefix()
+        try:
+            await slurm.run([*prefix, "scancel", job_id], timeout=self.slurm_timeout)
+            out = await slurm.run([*prefix, "squeue", "-h", "-j", job_id, "-o", slurm.JOB_QUERY_FORMAT],
+                                  timeout=self.slurm_timeout)
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
+            if isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e)):
+                return True
+            self.log.warning("Cancelling job %s of %s not confirmed yet (%s)", job_id, self._log_name, e)
+            return False
+        state = slurm.parse_job_state(out)
+        return state is None or not (state.running or state.pending)
+
+    async def stop(self, now=False):
+        """scancel until Slurm confirms: a stop during a controller outage must not leave the job
+        running unseen (batchspawner gives up after one failed scancel and forgets the job id)."""
+        job_id = self.job_id
+        if not job_id:
+            return
+        self.log.info("Stopping server job %s", job_id)
+        deadline = time.monotonic() + (0 if now else self.stop_confirm_seconds)
+        delay = 1.0
+        while not await self._cancel_confirmed(job_id):
+            if time.monotonic() >= deadline:
+                self.log.error("Slurm has not confirmed the end of job %s of %s; retrying every %.0f s",
+                               job_id, self._log_name, self.cancel_retry_seconds)
+                asyncio.ensure_future(self._cancel_in_background(job_id))
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 10.0)
+
+    async def _cancel_in_background(self, job_id: str) -> None:
+        attempts = 1
+        while True:
+            await asyncio.sleep(self.cancel_retry_seconds)
+            attempts += 1
+            if await self._cancel_confirmed(job_id):
+                break
+        self.log.info("Job %s of %s confirmed ended after %d background attempts", job_id, self._log_name,
+                      attempts)
+
+    def run_post_stop_hook(self):
+        # a refused or failed start must not leave its named-server record behind: the records
+        # count against named_server_limit_per_user even though nothing runs
+        if self._start_failed and self.name:
+            delay = 0.0 if self._refused else self.failed_server_keep_seconds
+            asyncio.ensure_future(security.remove_named_server_record(self, delay))
+        return super().run_post_stop_hook()
 
     async def poll(self):
         status = await self.query_job_status()
