@@ -37,16 +37,30 @@ def job_dir(slurm_cluster):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_job(folder: Path, steps: int, timeout: float = 90) -> str:
-    """Submit the sbatch example with two tasks on the cpu partition; wait; return its log."""
-    job = subprocess.run(
+def submit(folder: Path, steps: int, *extra: str) -> str:
+    """Submit the sbatch example with two tasks on the cpu partition as researcher1; the job id."""
+    return subprocess.run(
         ["sudo", "-u", USER, "sbatch", "--parsable", "--job-name=tiny-gpt-ddp-test", "--partition=cpu",
          "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1G", "--time=00:05:00",
          f"--chdir={folder}", f"--output={folder}/job-%j.log", "--no-requeue",
          str(folder / "train_ddp.sbatch"), "--steps", str(steps), "--log-every", "10",
-         "--run-dir", str(folder / "run")],
+         "--run-dir", str(folder / "run"), *extra],
         capture_output=True, text=True, check=True,
     ).stdout.strip().split(";")[0]
+
+
+def wait_for_log(folder: Path, job: str, pattern: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    log = folder / f"job-{job}.log"
+    while time.monotonic() < deadline:
+        if log.exists() and re.search(pattern, log.read_text()):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"job {job}: no {pattern!r} in its log after {timeout} s")
+
+
+def finish(folder: Path, job: str, timeout: float = 90) -> str:
+    """Wait until the job has left the queue; check it did not fail; return its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
@@ -60,6 +74,10 @@ def run_job(folder: Path, steps: int, timeout: float = 90) -> str:
                            capture_output=True, text=True).stdout.strip()
     assert "FAILED" not in state and "CANCELLED" not in state, f"job {job}: {state}\n{log}"
     return log
+
+
+def run_job(folder: Path, steps: int) -> str:
+    return finish(folder, submit(folder, steps))
 
 
 def test_two_ranks_train_and_a_second_job_resumes(job_dir):
@@ -78,3 +96,21 @@ def test_two_ranks_train_and_a_second_job_resumes(job_dir):
         assert re.search(rf"rank {rank}/2 on \S+ \(gloo, cpu\): resumed from step 20", second), second
         assert f"rank {rank}/2 step 30 loss" in second and f"rank {rank}/2 step 10 loss" not in second, second
         assert f"rank {rank}/2: done at step 30" in second, second
+
+
+def test_usr1_before_the_time_limit_stops_both_ranks_at_one_step_with_a_checkpoint(job_dir):
+    # What --signal=USR1@120 does near the time limit, sent now with scancel; a long run that
+    # would take minutes without the signal.
+    job = submit(job_dir, 100_000, "--step-delay", "0.05")
+    wait_for_log(job_dir, job, r"rank 1/2 step 20 loss")
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    log = finish(job_dir, job)
+    stops = re.findall(r"rank (\d)/2: stopping at step (\d+) on USR1; checkpoint saved", log)
+    assert sorted(rank for rank, _ in stops) == ["0", "1"] and stops[0][1] == stops[1][1], log
+    assert f"not requeueing Slurm job {job}" in log, log       # submitted with --no-requeue
+    stopped_at = int(stops[0][1])
+
+    resumed = run_job(job_dir, steps=stopped_at + 10)
+    for rank in (0, 1):
+        assert re.search(rf"rank {rank}/2 on \S+ \(gloo, cpu\): resumed from step {stopped_at}\n", resumed), resumed
+        assert f"rank {rank}/2: done at step {stopped_at + 10}" in resumed, resumed

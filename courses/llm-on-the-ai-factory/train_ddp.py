@@ -75,6 +75,12 @@ def on_signal(signum, frame):
     stop_requested.append(STOP_SIGNALS[signum])
 
 
+def job_allows_requeue(job: str) -> bool:
+    """Whether the Slurm job may be requeued (sbatch --requeue, or the cluster's default)."""
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return "Requeue=1" in shown
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, losses: list) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -153,10 +159,12 @@ def main(argv=None) -> int:
         log(f"{who}: stopping at step {step} on {stopped_by}; checkpoint saved")
         job = os.environ.get("SLURM_JOB_ID")
         if rank == 0 and job and args.requeue:
-            # The job goes back to the queue (it must be submitted with sbatch --requeue) and its
-            # next start resumes from the checkpoint just saved.
-            log(f"{who}: requeueing Slurm job {job}")
-            subprocess.run(["scontrol", "requeue", job], check=False)
+            if job_allows_requeue(job):
+                # back to the queue with the same job id; the next start resumes from the checkpoint
+                log(f"{who}: requeueing Slurm job {job}")
+                subprocess.run(["scontrol", "requeue", job], check=False)
+            else:
+                log(f"{who}: not requeueing Slurm job {job}: it was submitted with --no-requeue")
     else:
         val = estimate_loss(model, val_data, batches=4, batch=args.batch, device=device, seed=args.seed)
         log(f"{who}: done at step {step} in {time.perf_counter() - start:.1f} s, "
