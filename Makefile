@@ -92,12 +92,12 @@ stop-hub:
 	fi
 
 lint: install
-	$(VENV)/bin/ruff check src tests hub_config benchmarks
+	$(VENV)/bin/ruff check src tests hub_config benchmarks courses
 
 # The whole suite: unit tests, the real Slurm cluster, the hub with its proxy, the browser,
 # then every course and tutorial notebook (papermill, then nbval against the stored outputs).
 test: cluster publish
-	$(VENV)/bin/ruff check src tests hub_config benchmarks
+	$(VENV)/bin/ruff check src tests hub_config benchmarks courses
 	$(PY) -m pytest tests -p no:cacheprovider
 	$(PY) -m pytest -p no:cacheprovider -q --nbval courses notebooks \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300 -o testpaths= -o addopts=
