@@ -67,6 +67,7 @@ class Hub:
              f"--Spawner.poll_interval={self.poll_interval}",
              f"--AIFactorySpawner.max_queue_wait={self.max_queue_wait}",
              "--AIFactorySpawner.context_cache_seconds=0",
+             "--AIFactorySpawner.slurm_poll_idle=2",
              "--JupyterHub.last_activity_interval=5", *self.extra_args],
             cwd=self.state, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
