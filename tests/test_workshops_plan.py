@@ -215,6 +215,16 @@ def test_a_course_start_during_the_workshop_lands_in_its_reservation(site, cours
     assert f"#SBATCH --time={session.time_limit}\n" in script and session.time_limit.startswith("00:4")
 
 
+def test_the_workshop_share_wins_over_the_form_values(site, courses):
+    # the confirmation form posts every field; the reservation was sized for the workshop's share
+    ctx = _ctx(site, courses, bookings={"deep-learning-pytorch": _booking()})
+    form = {"course": "deep-learning-pytorch", "partition": "gpu", "gpus": "1", "gpu_slices": "0", "cpus": "4",
+            "memory_gb": "8", "hours": "3", "reservation": ""}
+    session = validate(form, site, ctx)
+    assert (session.reservation, session.gpus, session.gpu_slices, session.cpus, session.memory_gb) == \
+        ("ws-dl", 0, 1, 1, 2)
+
+
 def test_outside_the_window_the_course_start_queues_normally(site, courses):
     # the reservation exists but has not started: no reservation, the course's own resources
     ctx = _ctx(site, courses, state="INACTIVE", bookings={"deep-learning-pytorch": _booking()})

@@ -204,6 +204,10 @@ class AIFactorySpawner(SlurmSpawner):
             course = ctx.courses.get(previous.get("course"))
             if course:
                 previous = {**course.resources.as_options(), **previous}
+                booking = ctx.workshops.get(course.slug)
+                if booking and booking.reservation in {r.name for r in ctx.usable_reservations()}:
+                    # during a workshop the confirmation shows what the workshop gives
+                    previous = {**previous, **booking.resources(), "reservation": booking.reservation}
         return render_form(self.site, ctx, previous=previous)
 
     def _remember_form(self, formdata):
