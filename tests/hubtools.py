@@ -15,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from aifactory.localcluster import hub_address
+
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
 PASSWORDS = {}
 
@@ -52,7 +54,8 @@ class Hub:
             os.environ,
             AIFACTORY_STATE=str(self.state),
             AIFACTORY_BIND_URL=self.url,
-            AIFACTORY_HUB_BIND_URL=f"http://127.0.0.1:{self.hub_port}",
+            # jobs on every node of the local cluster call the hub back there
+            AIFACTORY_HUB_BIND_URL=f"http://{hub_address(self.site)}:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
             AIFACTORY_WORKSHOPS_PORT=str(self.workshops_port),
             AIFACTORY_SITE=str(self.site_file),

@@ -98,3 +98,78 @@ def test_student_starts_a_course_from_the_catalogue(page, clean_hub, site):
     )
     page.screenshot(path=SCREENSHOTS / "course-lab.png")
     assert Path(f"/home/student2/courses/{course.slug}/{course.first_notebook}").is_file()
+
+
+def test_instructor_runs_a_workshop_from_the_browser(clean_hub):
+    """The instructor creates a workshop on the page; a walk-in logs in with the printed password,
+    starts the course from the catalogue; the overview shows them running; the instructor ends it."""
+    from datetime import datetime, timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    hub = clean_hub
+    course = "ml-foundations"
+    start = datetime.now() - timedelta(minutes=1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        instructor = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        instructor.set_default_timeout(30_000)
+        login(instructor, hub, "instructor1")
+        instructor.goto(f"{hub.url}/services/workshops/")
+        instructor.fill("#ws-title", "Browser workshop")
+        instructor.fill("#ws-name", "browserws")
+        instructor.select_option("#ws-course", course)
+        instructor.fill("#ws-start", start.strftime("%Y-%m-%dT%H:%M"))
+        instructor.fill("#ws-end", (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"))
+        instructor.fill("#ws-participants", "student1")
+        instructor.fill("#ws-walkins", "1")
+        instructor.fill("#ws-cpus", "1")
+        instructor.fill("#ws-memory", "1")
+        instructor.screenshot(path=SCREENSHOTS / "workshop-new.png", full_page=True)
+        instructor.click("#ws-create")
+        instructor.wait_for_selector("#credentials", timeout=120_000)
+        instructor.screenshot(path=SCREENSHOTS / "workshop-created.png", full_page=True)
+        walkin = instructor.inner_text("#credentials td.login")
+        password = instructor.inner_text("#credentials td.password")
+        assert walkin == "wk-browserws-01"
+        try:
+            participant = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            participant.set_default_timeout(30_000)
+            participant.goto(f"{hub.url}/hub/login")
+            participant.fill("#username_input", walkin)
+            participant.fill("#password_input", password)
+            participant.click("#login_submit")
+            participant.wait_for_url("**/hub/**")
+            participant.goto(f"{hub.url}/services/catalogue/")
+            participant.locator(f'article[data-course="{course}"] a.start').click()
+            participant.wait_for_selector("#aif-confirm-course")
+            # the confirmation shows the workshop's reservation
+            assert participant.input_value("#aif-reservation") == "ws-browserws"
+            participant.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
+            participant.wait_for_selector(LAB_READY, timeout=120_000)
+            jobs = user_jobs(walkin)
+            assert len(jobs) == 1 and jobs[0]["state"] == "RUNNING"
+
+            instructor.click("text=Go to the workshop overview")
+            row = instructor.locator(f'#participants tr[data-user="{walkin}"]')
+            row.wait_for()
+            instructor.wait_for_selector(f'#participants tr[data-user="{walkin}"][data-state="running"]',
+                                         timeout=30_000)
+            assert "ws-browserws" in row.inner_text()
+            assert instructor.locator('#participants tr[data-user="student1"]').get_attribute(
+                "data-state") == "stopped"
+            instructor.screenshot(path=SCREENSHOTS / "workshop-overview.png", full_page=True)
+            instructor.on("dialog", lambda dialog: dialog.accept())
+            instructor.click("#end")
+            instructor.wait_for_selector("#message", timeout=120_000)
+            assert "has ended" in instructor.inner_text("#message")
+            assert user_jobs(walkin) == []
+        finally:
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", "walkin-remove",
+                            "--users", walkin], capture_output=True)
+            subprocess.run(["scontrol", "delete", "ReservationName=ws-browserws"], capture_output=True)
+        browser.close()
