@@ -188,3 +188,12 @@ def user_jobs(user: str) -> list[dict]:
     ).stdout
     keys = ("job_id", "user", "account", "partition", "gres", "state", "name")
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+
+
+def privileged(*args: str) -> subprocess.CompletedProcess:
+    """The workshops' privileged helper of this checkout (tests run as root, like its sudo rule)."""
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=src))

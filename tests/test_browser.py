@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import chromium_path
-from hubtools import PASSWORDS, user_jobs
+from hubtools import PASSWORDS, privileged, user_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.browser, pytest.mark.slow]
 
@@ -153,7 +154,11 @@ def test_instructor_runs_a_workshop_from_the_browser(clean_hub):
 
             instructor.click("text=Go to the workshop overview")
             row = instructor.locator(f'#participants tr[data-user="{walkin}"]')
-            row.wait_for()
+            try:
+                row.wait_for()
+            except Exception:
+                instructor.screenshot(path=SCREENSHOTS / "workshop-overview-failed.png", full_page=True)
+                raise
             instructor.wait_for_selector(f'#participants tr[data-user="{walkin}"][data-state="running"]',
                                          timeout=30_000)
             assert "ws-browserws" in row.inner_text()
@@ -166,10 +171,6 @@ def test_instructor_runs_a_workshop_from_the_browser(clean_hub):
             assert "has ended" in instructor.inner_text("#message")
             assert user_jobs(walkin) == []
         finally:
-            import subprocess
-            import sys
-
-            subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", "walkin-remove",
-                            "--users", walkin], capture_output=True)
+            privileged("walkin-remove", "--users", walkin)
             subprocess.run(["scontrol", "delete", "ReservationName=ws-browserws"], capture_output=True)
         browser.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from hubtools import PASSWORDS, user_jobs
+from hubtools import PASSWORDS, privileged, user_jobs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.slow]
 
@@ -105,8 +105,7 @@ def workshops(clean_hub):
             service(clean_hub, owner, "POST", f"/{workshop['id']}/end", json={})
     leftovers = [u for _, w in created for u in w["walkins"] if unix_user_exists(u)]
     if leftovers:
-        subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", "walkin-remove",
-                        "--users", ",".join(leftovers)], capture_output=True)
+        privileged("walkin-remove", "--users", ",".join(leftovers))
 
 
 def test_a_workshop_from_creation_to_end(clean_hub, workshops):
@@ -331,7 +330,6 @@ def test_the_cli_creates_extends_and_ends_with_the_same_validation(clean_hub):
         ended = _cli(hub, "end", "cliws")
         # ended workshops keep their walk-ins' files for a while: this test removes them now
         if unix_user_exists("wk-cliws-01"):
-            subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", "walkin-remove",
-                            "--users", "wk-cliws-01"], capture_output=True)
+            privileged("walkin-remove", "--users", "wk-cliws-01")
     assert ended.returncode == 0 and "has ended" in ended.stdout, ended.stderr
     assert reservation("ws-cliws") == ""
