@@ -59,7 +59,7 @@ def test_a_job_on_two_nodes(slurm_cluster, tmp_path):
     namespaces_or_skip()
     out = Path("/tmp") / f"aif-two-nodes-{time.time_ns()}.out"
     job = subprocess.run(
-        ["sudo", "-u", "student2", "sbatch", "--parsable", "--partition=cpu", "--nodes=2", "--ntasks-per-node=1",
+        ["sudo", "-u", "t-student2", "sbatch", "--parsable", "--partition=cpu", "--nodes=2", "--ntasks-per-node=1",
          "--qos=interactive", "--mem=128M", "--time=2", "--chdir=/tmp", f"--output={out}",
          "--wrap", "srun hostname"], capture_output=True, text=True, check=True).stdout.strip()
     deadline = time.monotonic() + 60
@@ -81,37 +81,37 @@ def test_sessions_on_both_nodes_survive_a_hub_restart(clean_hub):
     namespaces_or_skip()
     hub = clean_hub
     # h100s are on this machine's node, a100s on node2
-    assert hub.spawn("student1", {"gpu_type": "h100", "gpus": 1, "cpus": 1, "memory_gb": 1}).status_code in (201, 202)
-    assert hub.spawn("student2", {"gpu_type": "a100", "gpus": 1, "cpus": 1, "memory_gb": 1}).status_code in (201, 202)
-    hub.wait_ready("student1")
-    server = hub.wait_ready("student2")
+    assert hub.spawn("t-student1", {"gpu_type": "h100", "gpus": 1, "cpus": 1, "memory_gb": 1}).status_code in (201, 202)
+    assert hub.spawn("t-student2", {"gpu_type": "a100", "gpus": 1, "cpus": 1, "memory_gb": 1}).status_code in (201, 202)
+    hub.wait_ready("t-student1")
+    server = hub.wait_ready("t-student2")
     nodes = {u: subprocess.run(["squeue", "-h", "-u", u, "-o", "%N"], capture_output=True, text=True).stdout.strip()
-             for u in ("student1", "student2")}
-    assert nodes == {"student1": localcluster.hostname(), "student2": NODE2}
+             for u in ("t-student1", "t-student2")}
+    assert nodes == {"t-student1": localcluster.hostname(), "t-student2": NODE2}
     # the proxy routes to the node's own address; the lab answers through it
     routes = requests.get(f"http://127.0.0.1:{hub.proxy_api_port}/api/routes", timeout=10,
                           headers={"Authorization": f"token {proxy_token(hub)}"}).json()
-    assert routes["/user/student2"]["target"].startswith(f"http://{NODE2}:"), routes["/user/student2"]
-    assert server["url"] == "/user/student2/"
+    assert routes["/user/t-student2"]["target"].startswith(f"http://{NODE2}:"), routes["/user/t-student2"]
+    assert server["url"] == "/user/t-student2/"
 
     def lab(user):
         return requests.get(f"{hub.url}/user/{user}/api/status", timeout=30,
                             headers={"Authorization": f"token {hub.token(user)}"})
 
-    assert lab("student1").status_code == 200 and lab("student2").status_code == 200
+    assert lab("t-student1").status_code == 200 and lab("t-student2").status_code == 200
     hub.restart()
-    for user in ("student1", "student2"):
+    for user in ("t-student1", "t-student2"):
         assert hub.server(user) and hub.server(user)["ready"], hub.log_tail()
         assert lab(user).status_code == 200
     # stop cancels the job on node2
-    job = user_jobs("student2")[0]["job_id"]
-    assert hub.api("student2", "DELETE", "/users/student2/server").status_code in (202, 204)
-    hub.wait_stopped("student2")
+    job = user_jobs("t-student2")[0]["job_id"]
+    assert hub.api("t-student2", "DELETE", "/users/t-student2/server").status_code in (202, 204)
+    hub.wait_stopped("t-student2")
     deadline = time.monotonic() + 30
     while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() \
             and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert user_jobs("student2") == []
+    assert user_jobs("t-student2") == []
 
 
 def proxy_token(hub) -> str:

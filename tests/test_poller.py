@@ -149,7 +149,7 @@ def test_all_jobs_gone_is_an_answer_not_an_error():
 
 @pytest.mark.slurm
 def test_live_squeue_through_the_poller(slurm_cluster):
-    job = subprocess.run(["sudo", "-u", "student1", "sbatch", "--parsable", "--qos=interactive", "--mem=128M",
+    job = subprocess.run(["sudo", "-u", "t-student1", "sbatch", "--parsable", "--qos=interactive", "--mem=128M",
                           "--time=2", "--chdir=/tmp", "--output=/dev/null", "--job-name=aifactory-test-poller",
                           "--wrap", "sleep 60"], capture_output=True, text=True, check=True).stdout.strip()
     try:
