@@ -247,9 +247,8 @@ def test_stop_retries_scancel_until_slurm_confirms(monkeypatch):
     import logging
 
     from aifactory import slurm
-    from aifactory.spawner import AIFactorySpawner
-
     from aifactory.poller import JobPoller
+    from aifactory.spawner import AIFactorySpawner
 
     answers = iter([
         slurm.SlurmUnavailable("slurm_load_jobs error: Unable to contact slurm controller"),  # scancel
