@@ -9,7 +9,7 @@ VENV     := $(PREFIX)/venv
 PY       := $(VENV)/bin/python
 CHP      := $(PREFIX)/node_modules/.bin/configurable-http-proxy
 STATE    ?= $(CURDIR)/.state
-APT_PKGS := munge mariadb-server slurmdbd slurmctld slurmd slurm-client sudo python3-venv python3-dev chromium
+APT_PKGS := munge mariadb-server slurmdbd slurmctld slurmd slurm-client sudo iproute2 python3-venv python3-dev chromium
 
 .PHONY: help install cluster cluster-stop hub demo stop stop-hub test test-fast notebooks lint publish
 

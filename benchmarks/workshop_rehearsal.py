@@ -25,9 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
+from benchtools import percentile, storm  # noqa: E402
 from hubtools import Hub  # noqa: E402
 
 VENV = "/opt/aifactory/venv"
@@ -52,52 +51,6 @@ STOCK = [
     "--SlurmSpawner.req_gres=gpu:1",
     "--SlurmSpawner.startup_poll_interval=0.5",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def storm(hub: Hub, admin: str, users: list[str], name: str, options: dict, timeout: float) -> dict:
-    """Start every user's server within a few seconds; one poller records when each is ready."""
-    token = hub.token(admin)
-    headers = {"Authorization": f"token {token}"}
-    started: dict[str, float] = {}
-    ready: dict[str, float] = {}
-    failed: dict[str, str] = {}
-    polls: list[float] = []  # how long the hub took to answer each poll (its responsiveness)
-
-    def start(user: str) -> None:
-        path = f"/users/{user}/servers/{name}" if name else f"/users/{user}/server"
-        started[user] = time.monotonic()
-        r = requests.post(f"{hub.url}/hub/api{path}", json=options, headers=headers, timeout=120)
-        if r.status_code not in (201, 202):
-            failed[user] = f"{r.status_code} {r.text[:120]}"
-
-    def poll() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(ready) + len(failed) < len(users):
-            asked = time.monotonic()
-            answer = requests.get(f"{hub.url}/hub/api/users", headers=headers, timeout=30).json()
-            polls.append(time.monotonic() - asked)
-            for user in answer:
-                server = (user.get("servers") or {}).get(name)
-                if user["name"] in started and user["name"] not in ready and server and server.get("ready"):
-                    ready[user["name"]] = time.monotonic() - started[user["name"]]
-            time.sleep(0.5)
-
-    poller = threading.Thread(target=poll)
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(len(users)) as pool:
-        futures = [pool.submit(start, u) for u in users]
-        submitted_within = None
-        poller.start()
-        for f in futures:
-            f.result()
-        submitted_within = max(started.values()) - t0
-    poller.join()
-    return {"ready": ready, "failed": failed, "submit_spread": submitted_within, "polls": polls}
 
 
 def session_gpus(users: list[str], name: str) -> tuple[int, int, set[str], int]:
@@ -128,7 +81,7 @@ def report(label: str, result: dict, n: int, gpus: tuple) -> None:
     if times:
         line += (f"   p50 {statistics.median(times):5.1f} s   p95 {percentile(times, 0.95):5.1f} s"
                  f"   max {max(times):5.1f} s")
-    line += f"   slowest hub answer {max(result['polls'], default=0):4.1f} s"
+    line += f"   slowest hub answer {max(result['polls'], default=0):4.1f} s   hub CPU {result['hub_cpu']:4.1f} s"
     line += (f"   failed {len(result['failed'])}   in reservation {in_reservation}   "
              f"GPU slices {slices}   whole GPUs {whole}   distinct GPUs {len(devices - {'none'})}")
     print(line, flush=True)
@@ -174,7 +127,7 @@ def main() -> None:
         print(f"workshop {workshop['name']}: {n} walk-in participants, reservation {workshop['reservation']}, "
               f"created in {time.monotonic() - t:.1f} s", flush=True)
         try:
-            result = storm(ours, "admin1", users, COURSE, {"course": COURSE}, args.timeout)
+            result = storm(ours, users, {"course": COURSE}, args.timeout, name=COURSE)
             print(f"all {n} start requests sent within {result['submit_spread']:.1f} s")
             report("AIFactorySpawner (slices)", result, n, session_gpus(users, COURSE))
             for user, why in list(result["failed"].items())[:3]:
@@ -192,7 +145,7 @@ def main() -> None:
                 try:
                     # the walk-ins are new to this hub: the admin creates them there
                     stock.api("admin1", "POST", "/users", json={"usernames": users})
-                    result = storm(stock, "admin1", users, "", {}, args.stock_timeout)
+                    result = storm(stock, users, {}, args.stock_timeout)
                     report("stock SlurmSpawner (1 GPU)", result, n, session_gpus(users, ""))
                     stock_ready = len(result["ready"])
                 finally:

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from aifactory.hubconfig import apply_site
+from aifactory.hubconfig import apply_site, default_hub_bind_url
 from aifactory.security import make_private
 from aifactory.site import SiteError, load_site
 
@@ -20,4 +20,4 @@ if "AIFACTORY_STATE" in os.environ:
     make_private(state_dir)
 apply_site(c, site, venv=os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"), state_dir=state_dir)
 c.JupyterHub.bind_url = os.environ.get("AIFACTORY_BIND_URL", "http://127.0.0.1:8000")
-c.JupyterHub.hub_bind_url = os.environ.get("AIFACTORY_HUB_BIND_URL", "http://127.0.0.1:8081")
+c.JupyterHub.hub_bind_url = os.environ.get("AIFACTORY_HUB_BIND_URL") or default_hub_bind_url(site)

@@ -1,4 +1,9 @@
-"""Shared fixtures: the site, the real local Slurm cluster, a real hub with its proxy."""
+"""Shared fixtures: the site, the real local Slurm cluster, a real hub with its proxy.
+
+The cluster and hub tests run as their own users (``t-student1``, ...: the site file's demo users
+with a prefix, in a test copy of the site file), on their own ports and state, so that they pass
+beside a running ``make demo`` whose users have sessions open.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -21,6 +27,22 @@ from hubtools import Hub  # noqa: E402
 from aifactory.site import load_site  # noqa: E402
 
 SITE_FILE = ROOT / "hub_config" / "site.yaml"
+TEST_USER_PREFIX = "t-"
+TEST_SITE_FILE = Path("/tmp/aifactory-tests/site.yaml")
+
+
+def write_test_site() -> Path:
+    """The site file with the demo users (and their groups) renamed for the tests."""
+    raw = yaml.safe_load(SITE_FILE.read_text())
+    raw["demo_users"] = {TEST_USER_PREFIX + name: spec for name, spec in raw["demo_users"].items()}
+    raw["groups"] = {group: [TEST_USER_PREFIX + u for u in users] for group, users in raw["groups"].items()}
+    raw["courses_dir"] = str(ROOT / "courses")
+    TEST_SITE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TEST_SITE_FILE.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return TEST_SITE_FILE
+
+
+HUB_SITE_FILE = write_test_site()
 
 
 @pytest.fixture(scope="session")
@@ -30,21 +52,24 @@ def site():
 
 @pytest.fixture(scope="session")
 def slurm_cluster(site):
-    """The real single-node cluster (`make cluster`); started here if it is not running."""
+    """The real local cluster (`make cluster`), started here if it is not running, with the test users."""
     if os.geteuid() != 0:
         pytest.fail("the Slurm tests run as root (they start the local cluster and use sudo -u USER)")
     from aifactory import localcluster
 
     if not all(localcluster.status().values()):
         localcluster.start(site)
-    return site
+    test_site = load_site(HUB_SITE_FILE)
+    localcluster.create_demo_users(test_site)
+    localcluster.configure_accounting(test_site)
+    return test_site
 
 
 @pytest.fixture(scope="session")
 def hub(slurm_cluster, tmp_path_factory):
     """A real JupyterHub + configurable-http-proxy on test ports, with short poll intervals."""
     state = tmp_path_factory.mktemp("hub")
-    hub = Hub(state, SITE_FILE)
+    hub = Hub(state, HUB_SITE_FILE)
     hub.start()
     yield hub
     hub.stop_all_servers()
@@ -64,7 +89,17 @@ def blocker():
     """Occupy GPUs with plain sbatch jobs of another user (cancelled after the test)."""
     jobs = []
 
-    def occupy(user: str, gres: str, qos: str = "interactive") -> str:
+    def occupy(user: str, gres: str, qos: str = "interactive") -> str | None:
+        """Occupy every free GPU of a type (`gpu:a100:2`): a demo's sessions may hold some already."""
+        import asyncio
+
+        from aifactory import slurm
+
+        gpu_type = gres.split(":")[1]
+        free = asyncio.run(slurm.gpu_availability())[0][gpu_type].free
+        if not free:
+            return None
+        gres = f"gpu:{gpu_type}:{free}"
         out = subprocess.run(
             ["sudo", "-u", user, "sbatch", "--parsable", "--job-name=aifactory-test-blocker",
              f"--gres={gres}", f"--qos={qos}", "--mem=256M", "--time=00:10:00", "--chdir=/tmp",

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import requests
 
+from aifactory.localcluster import hub_address
+
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
 PASSWORDS = {}
 
@@ -52,7 +54,8 @@ class Hub:
             os.environ,
             AIFACTORY_STATE=str(self.state),
             AIFACTORY_BIND_URL=self.url,
-            AIFACTORY_HUB_BIND_URL=f"http://127.0.0.1:{self.hub_port}",
+            # jobs on every node of the local cluster call the hub back there
+            AIFACTORY_HUB_BIND_URL=f"http://{hub_address(self.site)}:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
             AIFACTORY_WORKSHOPS_PORT=str(self.workshops_port),
             AIFACTORY_SITE=str(self.site_file),
@@ -67,6 +70,7 @@ class Hub:
              f"--Spawner.poll_interval={self.poll_interval}",
              f"--AIFactorySpawner.max_queue_wait={self.max_queue_wait}",
              "--AIFactorySpawner.context_cache_seconds=0",
+             "--AIFactorySpawner.slurm_poll_idle=2",
              "--JupyterHub.last_activity_interval=5", *self.extra_args],
             cwd=self.state, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -184,3 +188,12 @@ def user_jobs(user: str) -> list[dict]:
     ).stdout
     keys = ("job_id", "user", "account", "partition", "gres", "state", "name")
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+
+
+def privileged(*args: str) -> subprocess.CompletedProcess:
+    """The workshops' privileged helper of this checkout (tests run as root, like its sudo rule)."""
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    return subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=src))

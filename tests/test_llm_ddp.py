@@ -1,7 +1,7 @@
 """The language-model course's DDP script on the real local Slurm cluster: two tasks, then a resume.
 
-The job runs as researcher1 from a fresh directory under /tmp that holds a world-readable copy of the
-course's script files; the run directory (checkpoint, logs) belongs to researcher1.
+The job runs as t-researcher1 from a fresh directory under /tmp that holds a world-readable copy of the
+course's script files; the run directory (checkpoint, logs) belongs to t-researcher1.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "courses" / "llm-on-the-ai-factory"
-USER = "researcher1"
+USER = "t-researcher1"
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def job_dir(slurm_cluster):
 
 
 def submit(folder: Path, steps: int, *extra: str) -> str:
-    """Submit the sbatch example with two tasks on the cpu partition as researcher1; the job id."""
+    """Submit the sbatch example with two tasks on the cpu partition as t-researcher1; the job id."""
     return subprocess.run(
         ["sudo", "-u", USER, "sbatch", "--parsable", "--job-name=tiny-gpt-ddp-test", "--partition=cpu",
          "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1G", "--time=00:05:00",

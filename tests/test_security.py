@@ -247,17 +247,18 @@ def test_stop_retries_scancel_until_slurm_confirms(monkeypatch):
     import logging
 
     from aifactory import slurm
+    from aifactory.poller import JobPoller
     from aifactory.spawner import AIFactorySpawner
 
     answers = iter([
         slurm.SlurmUnavailable("slurm_load_jobs error: Unable to contact slurm controller"),  # scancel
-        "", "RUNNING|None|2026-01-01T10:00:00|node1",  # scancel accepted, the job still runs
-        "", "",  # scancel, and squeue no longer lists it
+        "", "57|RUNNING|None|2026-01-01T10:00:00|node1",  # scancel accepted, the job still runs
+        "", "",  # scancel, and the hub's squeue no longer lists it
     ])
     commands = []
 
     async def run(argv, timeout=None, input=None):
-        commands.append(argv[argv.index("-u") + 2])
+        commands.append(argv[argv.index("-u") + 2] if "-u" in argv else argv[0])
         answer = next(answers)
         if isinstance(answer, Exception):
             raise answer
@@ -272,5 +273,10 @@ def test_stop_retries_scancel_until_slurm_confirms(monkeypatch):
                               slurm_timeout=1.0, log=logging.getLogger("test"), _log_name="researcher1",
                               _exec_prefix=lambda: ["sudo", "-E", "-u", "researcher1"])
     spawner._cancel_confirmed = lambda job_id: AIFactorySpawner._cancel_confirmed(spawner, job_id)
-    asyncio.run(AIFactorySpawner.stop(spawner))
+
+    async def stop():
+        spawner.poller = JobPoller(busy_interval=0.01)  # the hub's shared poller confirms
+        await AIFactorySpawner.stop(spawner)
+
+    asyncio.run(stop())
     assert commands == ["scancel", "scancel", "squeue", "scancel", "squeue"]

@@ -1,6 +1,6 @@
 """Issue 8's findings against a real hub, proxy and Slurm: each test fails without its fix.
 
-Its own hub (port 28000) and only the users researcher1, partner1 and admin1, so it can run
+Its own hub (port 28000) and only the users t-researcher1, t-partner1 and t-admin1, so it can run
 beside the other hub tests and the demo.
 """
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import SITE_FILE
+from conftest import HUB_SITE_FILE, SITE_FILE
 from hubtools import PASSWORDS, Hub, user_jobs
 from requests.adapters import HTTPAdapter
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.slow]
 
-USERS = ("researcher1", "partner1", "admin1")
+USERS = ("t-researcher1", "t-partner1", "t-admin1")
 COURSE = "ml-foundations"
 
 
@@ -32,13 +32,13 @@ def mode(path: Path) -> int:
 def sec_hub(slurm_cluster, tmp_path_factory):
     state = tmp_path_factory.mktemp("sechub")
     state.chmod(0o755)  # as a plain `mkdir` leaves it: the hub must close it itself
-    hub = Hub(state, SITE_FILE, port=28000, extra_args=[
+    hub = Hub(state, HUB_SITE_FILE, port=28000, extra_args=[
         "--ThrottledPAMAuthenticator.failure_delay_seconds=0.5",
         "--AIFactorySpawner.failed_server_keep_seconds=2",
     ])
     hub.start()
     yield hub
-    for user in ("researcher1", "admin1"):
+    for user in ("t-researcher1", "t-admin1"):
         servers = hub.api(user, "GET", f"/users/{user}").json().get("servers", {})
         for name in servers:
             hub.api(user, "DELETE", hub.server_path(user, name))
@@ -77,25 +77,25 @@ def test_demo_homes_are_private(sec_hub):
 
 
 def test_a_spawn_link_shows_a_confirmation_and_starts_nothing(sec_hub):
-    session = sec_hub.login("researcher1")
-    r = session.get(f"{sec_hub.url}/hub/spawn/researcher1/linked?opt-partition=gpu&opt-gpus=2&opt-hours=8",
+    session = sec_hub.login("t-researcher1")
+    r = session.get(f"{sec_hub.url}/hub/spawn/t-researcher1/linked?opt-partition=gpu&opt-gpus=2&opt-hours=8",
                     timeout=30)
     assert r.status_code == 200, r.text[:300]
     assert 'id="spawn_form"' in r.text and re.search(r'name="gpus"[^>]*value="2"', r.text)
     time.sleep(2)
-    assert sec_hub.server("researcher1", "linked") is None
-    assert not [j for j in user_jobs("researcher1") if j["name"] == "jupyter-linked"]
-    sec_hub.api("researcher1", "DELETE", "/users/researcher1/servers/linked", json={"remove": True})
+    assert sec_hub.server("t-researcher1", "linked") is None
+    assert not [j for j in user_jobs("t-researcher1") if j["name"] == "jupyter-linked"]
+    sec_hub.api("t-researcher1", "DELETE", "/users/t-researcher1/servers/linked", json={"remove": True})
 
 
 def test_a_course_link_is_confirmed_by_a_post_and_its_files_are_private(sec_hub):
     hub = sec_hub
-    session = hub.login("researcher1")
-    url = f"{hub.url}/hub/spawn/researcher1/{COURSE}"
+    session = hub.login("t-researcher1")
+    url = f"{hub.url}/hub/spawn/t-researcher1/{COURSE}"
     page = session.get(f"{url}?opt-course={COURSE}", timeout=30)
     assert page.status_code == 200 and 'id="aif-confirm-course"' in page.text
     assert f'<input type="hidden" name="course" value="{COURSE}">' in page.text
-    assert hub.server("researcher1", COURSE) is None
+    assert hub.server("t-researcher1", COURSE) is None
     # the confirmation is the form's POST, filled in from the page, with the XSRF token
     data = dict(re.findall(r'type="number" name="(\w+)"[^>]*value="(\d+)"', page.text))
     data.update(course=COURSE, _xsrf=session.xsrf)
@@ -104,10 +104,10 @@ def test_a_course_link_is_confirmed_by_a_post_and_its_files_are_private(sec_hub)
     assert without_xsrf.status_code == 403, without_xsrf.status_code
     r = session.post(url, data=data, timeout=30, allow_redirects=False)
     assert r.status_code == 302, r.text[:500]
-    hub.wait_ready("researcher1", COURSE, timeout=120)
-    job = next(j for j in user_jobs("researcher1") if j["name"] == f"jupyter-{COURSE}")
+    hub.wait_ready("t-researcher1", COURSE, timeout=120)
+    job = next(j for j in user_jobs("t-researcher1") if j["name"] == f"jupyter-{COURSE}")
 
-    home = Path("/home/researcher1")
+    home = Path("/home/t-researcher1")
     assert mode(home / f".aifactory-session-{job['job_id']}.log") == 0o600
     copy = home / "courses" / COURSE
     assert mode(copy) == 0o700
@@ -121,7 +121,7 @@ def test_a_course_link_is_confirmed_by_a_post_and_its_files_are_private(sec_hub)
             environ = dict(item.split("=", 1) for item in (pid / "environ").read_text().split("\0") if "=" in item)
         except OSError:
             continue
-        if environ.get("JUPYTERHUB_USER") == "researcher1" and environ.get("JUPYTERHUB_SERVER_NAME") == COURSE \
+        if environ.get("JUPYTERHUB_USER") == "t-researcher1" and environ.get("JUPYTERHUB_SERVER_NAME") == COURSE \
                 and f":{hub.hub_port}/" in environ.get("JUPYTERHUB_API_URL", ""):
             token = environ["JUPYTERHUB_API_TOKEN"]
             break
@@ -132,11 +132,11 @@ def test_a_course_link_is_confirmed_by_a_post_and_its_files_are_private(sec_hub)
     assert r.status_code == 400 and "duplicate" in r.text
     r = requests.post(callback, headers=headers, json={"port": 23456}, timeout=10)
     assert r.status_code == 409, r.text
-    lab = requests.get(f"{hub.url}/user/researcher1/{COURSE}/api/status",
-                       headers={"Authorization": f"token {hub.token('researcher1')}"}, timeout=10)
+    lab = requests.get(f"{hub.url}/user/t-researcher1/{COURSE}/api/status",
+                       headers={"Authorization": f"token {hub.token('t-researcher1')}"}, timeout=10)
     assert lab.status_code == 200
-    hub.api("researcher1", "DELETE", f"/users/researcher1/servers/{COURSE}")
-    hub.wait_stopped("researcher1", COURSE)
+    hub.api("t-researcher1", "DELETE", f"/users/t-researcher1/servers/{COURSE}")
+    hub.wait_stopped("t-researcher1", COURSE)
 
 
 # ---------------------------------------------------------------- 7, 8: huge values, refused starts
@@ -144,35 +144,35 @@ def test_a_course_link_is_confirmed_by_a_post_and_its_files_are_private(sec_hub)
 
 def test_huge_values_come_back_short_and_leave_nothing_behind(sec_hub):
     hub = sec_hub
-    r = hub.spawn("researcher1", {"partition": "x" * 1_000_000}, name="huge")
+    r = hub.spawn("t-researcher1", {"partition": "x" * 1_000_000}, name="huge")
     assert r.status_code == 413 and len(r.content) < 1000, (r.status_code, len(r.content))
-    r = hub.spawn("researcher1", {"partition": "y" * 10_000}, name="long")
+    r = hub.spawn("t-researcher1", {"partition": "y" * 10_000}, name="long")
     assert r.status_code == 400 and len(r.content) < 1000, (r.status_code, len(r.content))
-    session = hub.login("researcher1")
-    r = session.post(f"{hub.url}/hub/spawn/researcher1/longform", timeout=30,
+    session = hub.login("t-researcher1")
+    r = session.post(f"{hub.url}/hub/spawn/t-researcher1/longform", timeout=30,
                      data={"partition": "z" * 10_000, "_xsrf": session.xsrf})
     assert r.status_code == 400 and "z" * 100 not in r.text
     log = (hub.state / "hub.log").read_text(errors="replace")
     for letter in "xyz":
         assert letter * 100 not in log
     time.sleep(1)
-    assert not named_servers(hub, "researcher1") & {"huge", "long", "longform"}
+    assert not named_servers(hub, "t-researcher1") & {"huge", "long", "longform"}
 
 
 def test_refused_starts_do_not_use_up_the_named_servers(sec_hub):
     hub = sec_hub
     for i in range(7):  # more than named_server_limit_per_user (5)
-        r = hub.spawn("admin1", {"gpus": 99}, name=f"refused{i}")
+        r = hub.spawn("t-admin1", {"gpus": 99}, name=f"refused{i}")
         assert r.status_code == 400 and "gpus:" in r.json()["message"], r.text
         time.sleep(0.2)
-    session = hub.login("admin1")
-    r = session.post(f"{hub.url}/hub/spawn/admin1/refusedform", timeout=30,
+    session = hub.login("t-admin1")
+    r = session.post(f"{hub.url}/hub/spawn/t-admin1/refusedform", timeout=30,
                      data={"gpus": "99", "_xsrf": session.xsrf})
     assert r.status_code == 400 and "gpus:" in r.text
     deadline = time.monotonic() + 10
-    while named_servers(hub, "admin1") and time.monotonic() < deadline:
+    while named_servers(hub, "t-admin1") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert named_servers(hub, "admin1") == set()
+    assert named_servers(hub, "t-admin1") == set()
 
 
 # ---------------------------------------------------------------- 6: login throttling
@@ -201,11 +201,11 @@ def try_login(hub: Hub, user: str, password: str, address: str) -> tuple[int, fl
 
 
 def test_wrong_passwords_are_throttled_per_user(sec_hub):
-    answers = [try_login(sec_hub, "partner1", f"wrong{i}", "127.0.0.10")[0] for i in range(30)]
-    print(f"30 wrong passwords for partner1: {answers.count(403)} tried, {answers.count(429)} throttled")
+    answers = [try_login(sec_hub, "t-partner1", f"wrong{i}", "127.0.0.10")[0] for i in range(30)]
+    print(f"30 wrong passwords for t-partner1: {answers.count(403)} tried, {answers.count(429)} throttled")
     assert answers.count(403) <= 5 and answers.count(429) >= 25, answers
     # the user is locked for the window, whatever the address and even with the right password
-    assert try_login(sec_hub, "partner1", PASSWORDS["partner1"], "127.0.0.11")[0] == 429
+    assert try_login(sec_hub, "t-partner1", PASSWORDS["t-partner1"], "127.0.0.11")[0] == 429
     assert "Login throttled" in sec_hub.log_tail(200)
 
 
@@ -226,14 +226,14 @@ def test_wrong_password_clients_do_not_starve_a_real_login(sec_hub):
         time.sleep(2)  # every attacker has a wrong password in PAM now
         took = []
         for _ in range(3):
-            status, seconds = try_login(sec_hub, "admin1", PASSWORDS["admin1"], "127.0.0.1")
+            status, seconds = try_login(sec_hub, "t-admin1", PASSWORDS["t-admin1"], "127.0.0.1")
             assert status == 302, status
             took.append(seconds)
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-    print(f"admin1's login while 8 clients send wrong passwords: {', '.join(f'{t:.2f}' for t in took)} s "
+    print(f"t-admin1's login while 8 clients send wrong passwords: {', '.join(f'{t:.2f}' for t in took)} s "
           f"({len(attempts)} wrong attempts meanwhile)")
     assert attempts and 403 in attempts
     assert max(took) < 2.0, took

@@ -23,40 +23,40 @@ def job_log(user: str, job_id: str) -> str:
 
 def test_gpu_session_runs_as_the_user_with_what_was_asked(clean_hub):
     hub = clean_hub
-    r = hub.spawn("student1", GPU_SESSION)
+    r = hub.spawn("t-student1", GPU_SESSION)
     assert r.status_code in (201, 202), r.text
-    hub.wait_ready("student1")
+    hub.wait_ready("t-student1")
 
-    jobs = user_jobs("student1")
+    jobs = user_jobs("t-student1")
     assert len(jobs) == 1, jobs
     job = jobs[0]
-    assert job["user"] == "student1"
+    assert job["user"] == "t-student1"
     assert job["account"] == "uni-teaching"
     assert job["partition"] == "gpu"
     assert job["gres"] == "gres:gpu:h100:1"
     assert job["state"] == "RUNNING"
     # CUDA_VISIBLE_DEVICES is set inside the job (printed by the batch script)
-    assert re.search(r"GPUs: \d", job_log("student1", job["job_id"])), job_log("student1", job["job_id"])
+    assert re.search(r"GPUs: \d", job_log("t-student1", job["job_id"])), job_log("t-student1", job["job_id"])
 
     # JupyterLab through the proxy
-    headers = {"Authorization": f"token {hub.token('student1')}"}
-    lab = requests.get(f"{hub.url}/user/student1/lab", headers=headers, timeout=30)
+    headers = {"Authorization": f"token {hub.token('t-student1')}"}
+    lab = requests.get(f"{hub.url}/user/t-student1/lab", headers=headers, timeout=30)
     assert lab.status_code == 200
     assert "JupyterLab" in lab.text
 
-    assert hub.api("student1", "DELETE", "/users/student1/server").status_code in (202, 204)
-    hub.wait_stopped("student1")
+    assert hub.api("t-student1", "DELETE", "/users/t-student1/server").status_code in (202, 204)
+    hub.wait_stopped("t-student1")
     deadline = time.monotonic() + 20
-    while user_jobs("student1") and time.monotonic() < deadline:
+    while user_jobs("t-student1") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert user_jobs("student1") == []
+    assert user_jobs("t-student1") == []
 
 
 BAD_OPTIONS = [
     ({"gpus": "1; rm -rf ~"}, "gpus"),
     ({"partition": "gpu\n#SBATCH --uid=0"}, "partition"),
     ({"qos": "interactive$(id)"}, "qos"),
-    ({"account": "uni-research"}, "account"),  # not student1's association
+    ({"account": "uni-research"}, "account"),  # not t-student1's association
     ({"account": "regional-energy"}, "account"),
     ({"gpus": 9}, "gpus"),
     ({"gpus": -1}, "gpus"),
@@ -75,11 +75,11 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("options,field", BAD_OPTIONS, ids=[f for _, f in BAD_OPTIONS])
 def test_bad_options_via_rest_api_are_refused(clean_hub, options, field):
     before = subprocess.run(["sacct", "-X", "-n", "-a", "-o", "JobID"], capture_output=True, text=True).stdout
-    r = clean_hub.spawn("student1", options, name="bad")
+    r = clean_hub.spawn("t-student1", options, name="bad")
     assert r.status_code == 400, r.text
     message = r.json()["message"]
     assert f"{field}:" in message, message
-    assert clean_hub.server("student1", "bad") is None
+    assert clean_hub.server("t-student1", "bad") is None
     after = subprocess.run(["sacct", "-X", "-n", "-a", "-o", "JobID"], capture_output=True, text=True).stdout
     assert after == before, "a job was submitted for refused options"
 
@@ -96,63 +96,63 @@ def test_bad_options_via_rest_api_are_refused(clean_hub, options, field):
     ids=["gpus", "partition", "account", "hours", "unknown"],
 )
 def test_bad_options_via_form_are_refused_and_the_form_keeps_the_values(clean_hub, form, field):
-    session = clean_hub.login("student1")
+    session = clean_hub.login("t-student1")
     data = {"partition": "gpu", "account": "uni-teaching", "qos": "workshop", "gpu_type": "any",
             "gpus": "1", "cpus": "1", "memory_gb": "3", "hours": "1", "reservation": ""}
     data.update(form)
     data["_xsrf"] = session.xsrf
-    r = session.post(f"{clean_hub.url}/hub/spawn/student1/formbad", data=data, timeout=30)
+    r = session.post(f"{clean_hub.url}/hub/spawn/t-student1/formbad", data=data, timeout=30)
     assert r.status_code == 400, r.text[:500]
     assert f"{field}:" in r.text
     assert 'name="partition"' in r.text  # the form is shown again
     if field != "memory_gb":
         assert 'value="3"' in r.text  # with what the user typed
-    assert clean_hub.server("student1", "formbad") is None
-    assert user_jobs("student1") == []
+    assert clean_hub.server("t-student1", "formbad") is None
+    assert user_jobs("t-student1") == []
 
 
 def test_form_lists_the_users_own_accounts_and_free_gpus(clean_hub):
-    page = clean_hub.login("instructor1").get(f"{clean_hub.url}/hub/spawn", timeout=30).text
+    page = clean_hub.login("t-instructor1").get(f"{clean_hub.url}/hub/spawn", timeout=30).text
     assert 'value="uni-teaching"' in page and 'value="uni-research"' in page
     assert 'value="regional-health"' not in page
     assert re.search(r"h100 .* \(\d of 2 free now\)", page)
-    page = clean_hub.login("partner1").get(f"{clean_hub.url}/hub/spawn", timeout=30).text
+    page = clean_hub.login("t-partner1").get(f"{clean_hub.url}/hub/spawn", timeout=30).text
     assert 'value="regional-energy"' in page and 'value="uni-teaching"' not in page
 
 
 def test_external_scancel_is_noticed_within_one_poll(clean_hub):
     hub = clean_hub
-    assert hub.spawn("student2", GPU_SESSION).status_code in (201, 202)
-    hub.wait_ready("student2")
-    job_id = user_jobs("student2")[0]["job_id"]
+    assert hub.spawn("t-student2", GPU_SESSION).status_code in (201, 202)
+    hub.wait_ready("t-student2")
+    job_id = user_jobs("t-student2")[0]["job_id"]
     subprocess.run(["scancel", job_id], check=True)
-    took = hub.wait_stopped("student2", timeout=30)
+    took = hub.wait_stopped("t-student2", timeout=30)
     # one poll interval, plus the time squeue and the API take
     assert took <= hub.poll_interval + 4, f"noticed after {took:.1f} s"
 
 
 def test_hub_restart_keeps_running_sessions(clean_hub):
     hub = clean_hub
-    assert hub.spawn("researcher1", {"partition": "gpu", "gpus": 1, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
-    hub.wait_ready("researcher1")
-    job_before = user_jobs("researcher1")[0]["job_id"]
+    assert hub.spawn("t-researcher1", {"partition": "gpu", "gpus": 1, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
+    hub.wait_ready("t-researcher1")
+    job_before = user_jobs("t-researcher1")[0]["job_id"]
     hub.restart()
-    server = hub.server("researcher1")
+    server = hub.server("t-researcher1")
     assert server and server["ready"], server
-    assert [j["job_id"] for j in user_jobs("researcher1")] == [job_before]
-    headers = {"Authorization": f"token {hub.token('researcher1')}"}
-    r = requests.get(f"{hub.url}/user/researcher1/api/status", headers=headers, timeout=30)
+    assert [j["job_id"] for j in user_jobs("t-researcher1")] == [job_before]
+    headers = {"Authorization": f"token {hub.token('t-researcher1')}"}
+    r = requests.get(f"{hub.url}/user/t-researcher1/api/status", headers=headers, timeout=30)
     assert r.status_code == 200, r.text
 
 
 def test_controller_hiccup_is_unknown_not_stopped(clean_hub):
     hub = clean_hub
-    assert hub.spawn("partner1", {"partition": "gpu", "gpus": 0, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
-    hub.wait_ready("partner1")
+    assert hub.spawn("t-partner1", {"partition": "gpu", "gpus": 0, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
+    hub.wait_ready("t-partner1")
     subprocess.run(["pkill", "-x", "slurmctld"], check=True)
     try:
         time.sleep(hub.poll_interval * 3)
-        server = hub.server("partner1")
+        server = hub.server("t-partner1")
         assert server and server["ready"], "the hub stopped a session because slurmctld was down"
     finally:
         subprocess.run(["/usr/sbin/slurmctld"], check=True)
@@ -161,30 +161,30 @@ def test_controller_hiccup_is_unknown_not_stopped(clean_hub):
             assert time.monotonic() < deadline, "slurmctld did not come back"
             time.sleep(0.5)
     time.sleep(hub.poll_interval + 1)
-    assert hub.server("partner1")["ready"]
-    assert len(user_jobs("partner1")) == 1
+    assert hub.server("t-partner1")["ready"]
+    assert len(user_jobs("t-partner1")) == 1
 
 
 def test_pending_session_shows_reason_then_gives_up_after_max_queue_wait(clean_hub, blocker):
     hub = clean_hub
-    blocker("student2", "gpu:h100:2")
-    r = hub.spawn("student1", GPU_SESSION, name="queued")
+    blocker("t-student2", "gpu:h100:2")
+    r = hub.spawn("t-student1", GPU_SESSION, name="queued")
     assert r.status_code in (201, 202), r.text
-    messages = [event.get("message", "") for event in hub.progress_events("student1", "queued")]
+    messages = [event.get("message", "") for event in hub.progress_events("t-student1", "queued")]
     waiting = [m for m in messages if "Waiting in the Slurm queue" in m]
     assert waiting, messages
     assert any("Resources" in m for m in waiting), waiting
     final = messages[-1]
     assert "waited" in final and "was cancelled" in final and "Resources" in final, final
-    assert hub.server("student1", "queued") is None
-    assert user_jobs("student1") == []
+    assert hub.server("t-student1", "queued") is None
+    assert user_jobs("t-student1") == []
 
 
 def test_port_callback_accepts_only_the_port(clean_hub):
     hub = clean_hub
-    assert hub.spawn("student2", {"gpus": 0, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
-    hub.wait_ready("student2")
-    pid = subprocess.run(["pgrep", "-u", "student2", "-f", "jupyterhub-singleuser"],
+    assert hub.spawn("t-student2", {"gpus": 0, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
+    hub.wait_ready("t-student2")
+    pid = subprocess.run(["pgrep", "-u", "t-student2", "-f", "jupyterhub-singleuser"],
                          capture_output=True, text=True).stdout.split()[0]
     environ = dict(item.split("=", 1) for item in
                    Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
@@ -195,12 +195,12 @@ def test_port_callback_accepts_only_the_port(clean_hub):
     assert r.status_code == 400 and "only the key 'port'" in r.text
     r = requests.post(url, headers=headers, json={"port": "23456; id"}, timeout=10)
     assert r.status_code == 400
-    r = requests.post(url, headers={"Authorization": f"token {hub.token('student2')}"},
+    r = requests.post(url, headers={"Authorization": f"token {hub.token('t-student2')}"},
                       json={"port": 23456}, timeout=10)
     assert r.status_code == 403
     # the session still works on its real port
-    lab = requests.get(f"{hub.url}/user/student2/api/status",
-                       headers={"Authorization": f"token {hub.token('student2')}"}, timeout=10)
+    lab = requests.get(f"{hub.url}/user/t-student2/api/status",
+                       headers={"Authorization": f"token {hub.token('t-student2')}"}, timeout=10)
     assert lab.status_code == 200
 
 
@@ -210,19 +210,19 @@ def test_named_course_server_copies_the_course_and_opens_the_first_notebook(clea
     courses, _ = load_courses(site)
     course = courses["ml-foundations"]
     hub = clean_hub
-    r = hub.spawn("student2", {"course": course.slug}, name=course.slug)
+    r = hub.spawn("t-student2", {"course": course.slug}, name=course.slug)
     assert r.status_code in (201, 202), r.text
-    hub.wait_ready("student2", course.slug)
-    job = user_jobs("student2")[0]
+    hub.wait_ready("t-student2", course.slug)
+    job = user_jobs("t-student2")[0]
     assert job["partition"] == course.resources.partition
-    copy = Path("/home/student2/courses") / course.slug / course.first_notebook
-    assert copy.is_file() and copy.owner() == "student2"
-    headers = {"Authorization": f"token {hub.token('student2')}"}
-    r = requests.get(f"{hub.url}/user/student2/{course.slug}/api/contents/courses/{course.slug}",
+    copy = Path("/home/t-student2/courses") / course.slug / course.first_notebook
+    assert copy.is_file() and copy.owner() == "t-student2"
+    headers = {"Authorization": f"token {hub.token('t-student2')}"}
+    r = requests.get(f"{hub.url}/user/t-student2/{course.slug}/api/contents/courses/{course.slug}",
                      headers=headers, timeout=30)
     assert r.status_code == 200
     assert course.first_notebook in {item["name"] for item in r.json()["content"]}
-    r = requests.get(f"{hub.url}/user/student2/{course.slug}/", headers=headers, timeout=30,
+    r = requests.get(f"{hub.url}/user/t-student2/{course.slug}/", headers=headers, timeout=30,
                      allow_redirects=False)
     assert urlparse(r.headers["Location"]).path.endswith(
         f"/lab/tree/courses/{course.slug}/{course.first_notebook}")
@@ -230,33 +230,33 @@ def test_named_course_server_copies_the_course_and_opens_the_first_notebook(clea
 
 def test_instructors_see_who_is_running_and_students_do_not(clean_hub):
     hub = clean_hub
-    assert hub.spawn("student2", {"gpus": 1, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
-    hub.wait_ready("student2")
-    job_id = user_jobs("student2")[0]["job_id"]
-    instructor = hub.login("instructor1")
+    assert hub.spawn("t-student2", {"gpus": 1, "memory_gb": 1, "cpus": 1}).status_code in (201, 202)
+    hub.wait_ready("t-student2")
+    job_id = user_jobs("t-student2")[0]["job_id"]
+    instructor = hub.login("t-instructor1")
     page = instructor.get(f"{hub.url}/services/catalogue/running", timeout=30)
     assert page.status_code == 200, page.text[:300]
-    row = re.search(r'<tr data-user="student2">(.*?)</tr>', page.text, re.S)
+    row = re.search(r'<tr data-user="t-student2">(.*?)</tr>', page.text, re.S)
     assert row, page.text
     assert f"<td>{job_id}</td>" in row.group(1) and "RUNNING" in row.group(1) and "gpu:" in row.group(1)
     assert "Who is running" in instructor.get(f"{hub.url}/services/catalogue/", timeout=30).text
-    student = hub.login("student1")
+    student = hub.login("t-student1")
     assert student.get(f"{hub.url}/services/catalogue/running", timeout=30).status_code == 403
     assert "Who is running" not in student.get(f"{hub.url}/services/catalogue/", timeout=30).text
 
 
 def test_job_cancelled_while_pending_is_reported(clean_hub, blocker):
     hub = clean_hub
-    blocker("student2", "gpu:a100:2")
-    assert hub.spawn("student1", dict(GPU_SESSION, gpu_type="a100"), name="doomed").status_code in (201, 202)
+    blocker("t-student2", "gpu:a100:2")
+    assert hub.spawn("t-student1", dict(GPU_SESSION, gpu_type="a100"), name="doomed").status_code in (201, 202)
     deadline = time.monotonic() + 30
-    while not user_jobs("student1"):
+    while not user_jobs("t-student1"):
         assert time.monotonic() < deadline, "no job was submitted"
         time.sleep(0.3)
-    job = user_jobs("student1")[0]
+    job = user_jobs("t-student1")[0]
     assert job["state"] == "PENDING"
     subprocess.run(["scancel", job["job_id"]], check=True)
-    final = list(hub.progress_events("student1", "doomed"))[-1]
+    final = list(hub.progress_events("t-student1", "doomed"))[-1]
     assert final.get("failed") and "ended before JupyterLab was ready" in final["message"], final
     assert "CANCELLED" in final["message"], final
-    assert hub.server("student1", "doomed") is None
+    assert hub.server("t-student1", "doomed") is None

@@ -49,12 +49,27 @@ def status(spawner):
     return asyncio.run(spawner.query_job_status())
 
 
-def test_query_runs_squeue_as_the_user(spawner, monkeypatch):
-    calls = answering(monkeypatch, "RUNNING|None|2026-11-26T23:26:54|vm\n")
+def test_query_asks_the_shared_poller(spawner, monkeypatch):
+    calls = answering(monkeypatch, "42|RUNNING|None|2026-11-26T23:26:54|vm\n")
     assert status(spawner) == JobStatus.RUNNING
-    assert calls[0][:4] == ["sudo", "-E", "-u", "student1"]
-    assert calls[0][4:7] == ["squeue", "-h", "-j"]
+    assert calls == [["squeue", "-h", "-j", "42", "-o", "%i|%T|%r|%S|%B"]]
     assert spawner.state_gethost() == "vm"
+
+
+def test_sessions_share_one_squeue(monkeypatch):
+    calls = answering(monkeypatch, "42|RUNNING|None|N/A|vm\n43|PENDING|Resources|N/A|n/a\n")
+
+    async def both():
+        spawners = []
+        for job_id, name in (("42", "student1"), ("43", "student2")):
+            user = SimpleNamespace(name=name, url=f"/user/{name}/", escaped_name=name, id=1)
+            s = AIFactorySpawner(user=user, site_file=str(SITE_FILE))
+            s.job_id = job_id
+            spawners.append(s)
+        return await asyncio.gather(*(s.query_job_status() for s in spawners))
+
+    assert asyncio.run(both()) == [JobStatus.RUNNING, JobStatus.PENDING]
+    assert len(calls) == 1 and calls[0][3] == "42,43"
 
 
 @pytest.mark.parametrize(
@@ -81,7 +96,7 @@ def test_gone_jobs_are_stopped(spawner, monkeypatch):
 
 
 def test_pending_past_the_queue_wait_is_cancelled_with_the_reason(spawner, monkeypatch):
-    answering(monkeypatch, "PENDING|QOSMaxGRESPerUser|N/A|n/a\n")
+    answering(monkeypatch, "42|PENDING|QOSMaxGRESPerUser|N/A|n/a\n")
     assert status(spawner) == JobStatus.PENDING
     spawner._pending_since -= 61
     with pytest.raises(web.HTTPError) as error:
@@ -92,7 +107,7 @@ def test_pending_past_the_queue_wait_is_cancelled_with_the_reason(spawner, monke
 
 
 def test_progress_explains_the_wait(spawner, monkeypatch):
-    answering(monkeypatch, "PENDING|Priority|2099-01-01T10:00:00|n/a\n")
+    answering(monkeypatch, "42|PENDING|Priority|2099-01-01T10:00:00|n/a\n")
     status(spawner)
 
     async def first_event():

@@ -3,11 +3,10 @@ and how a booking turns a participant's course start into a session in the reser
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import datetime, timedelta
 
 import pytest
+from hubtools import privileged as run_privileged
 
 from aifactory import batchscript
 from aifactory.courses import load_courses
@@ -111,9 +110,9 @@ def test_workshops_in_the_same_window_share_the_capacity(site, courses):
 
 
 def test_cores_of_overlapping_workshops_add_up(site, courses):
-    other = _booked("big", 30, cpus=2)  # 60 of the demo node's 64 cores
+    other = _booked("big", 45, cpus=2)  # 90 of the demo nodes' 96 cores
     with pytest.raises(WorkshopError) as e:
-        plan(site, courses, [other], cpus=1)
+        plan(site, courses, [other], cpus=2)  # 6 x 2 more: 102 > 96
     assert e.value.field == "cpus"
 
 
@@ -162,8 +161,7 @@ def test_the_privileged_helper_refuses_arguments_outside_its_grammar(argv):
 
 def test_the_privileged_helper_refuses_to_disable_a_user_that_is_no_walkin():
     # well-formed name, but not a member of aifactory-walkin: refused before usermod runs
-    result = subprocess.run([sys.executable, "-m", "aifactory.workshops.privileged", "walkin-disable",
-                             "--users", "wk-nobody-01"], capture_output=True, text=True)
+    result = run_privileged("walkin-disable", "--users", "wk-nobody-01")
     assert result.returncode == 2 and "not a walk-in account" in result.stderr
 
 
@@ -213,6 +211,16 @@ def test_a_course_start_during_the_workshop_lands_in_its_reservation(site, cours
     assert "#SBATCH --reservation=ws-dl\n" in script
     assert "#SBATCH --gres=shard:1\n" in script
     assert f"#SBATCH --time={session.time_limit}\n" in script and session.time_limit.startswith("00:4")
+
+
+def test_the_workshop_share_wins_over_the_form_values(site, courses):
+    # the confirmation form posts every field; the reservation was sized for the workshop's share
+    ctx = _ctx(site, courses, bookings={"deep-learning-pytorch": _booking()})
+    form = {"course": "deep-learning-pytorch", "partition": "gpu", "gpus": "1", "gpu_slices": "0", "cpus": "4",
+            "memory_gb": "8", "hours": "3", "reservation": ""}
+    session = validate(form, site, ctx)
+    assert (session.reservation, session.gpus, session.gpu_slices, session.cpus, session.memory_gb) == \
+        ("ws-dl", 0, 1, 1, 2)
 
 
 def test_outside_the_window_the_course_start_queues_normally(site, courses):

@@ -39,7 +39,7 @@ set -euo pipefail
 umask 077
 chmod 600 "{{ homedir }}/.aifactory-session-$SLURM_JOB_ID.log" 2>/dev/null || true
 trap 'echo SIGTERM received' TERM
-echo "AI factory session: job $SLURM_JOB_ID on $(hostname), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
+echo "AI factory session: job $SLURM_JOB_ID on $(hostname) started $(date +%s.%N), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
 {% if course_sync %}{{ course_sync }} || echo "course copy failed; your earlier files are unchanged"
 {% endif %}{{ srun }}{{ cmd }}
 echo "jupyterhub-singleuser ended gracefully"

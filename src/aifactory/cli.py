@@ -34,7 +34,7 @@ def cmd_cluster(args) -> int:
         if args.action == "start":
             localcluster.start(_site(args))
         elif args.action == "stop":
-            localcluster.stop(everything=args.all)
+            localcluster.stop(everything=args.all, site=_site(args) if args.all else None)
         else:
             for daemon, running in localcluster.status().items():
                 print(f"{daemon:10s} {'running' if running else 'stopped'}")

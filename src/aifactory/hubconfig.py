@@ -18,6 +18,14 @@ CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
 WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
 
 
+def default_hub_bind_url(site: Site, port: int = 8081) -> str:
+    """Where jobs call the hub back: 127.0.0.1, or the machine's side of the local cluster's
+    network namespaces when it has nodes there (a real site sets AIFACTORY_HUB_BIND_URL)."""
+    from .localcluster import hub_address
+
+    return f"http://{hub_address(site)}:{port}"
+
+
 def workshops_db_url(state_dir: str | None) -> str:
     return f"sqlite:///{Path(state_dir or os.getcwd()).resolve() / 'workshops.sqlite'}"
 

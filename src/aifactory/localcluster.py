@@ -16,9 +16,12 @@ import socket
 import stat
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import netns
 from .security import DEMO_PASSWORDS_FILE, ensure_demo_passwords
+from .site import Node as SiteNode
 from .site import Site
 
 SLURM_ETC = Path("/etc/slurm")
@@ -28,7 +31,7 @@ DB_NAME = "slurm_acct_db"
 DB_USER = "slurm"
 DB_PASSWORD = "aifactory-local-slurmdbd"
 DEBIAN_PACKAGES = [
-    "munge", "mariadb-server", "slurmdbd", "slurmctld", "slurmd", "slurm-client", "sudo",
+    "munge", "mariadb-server", "slurmdbd", "slurmctld", "slurmd", "slurm-client", "sudo", "iproute2",
 ]
 
 
@@ -67,37 +70,98 @@ def wait_for(what: str, probe, timeout: float = 60, interval: float = 0.5) -> No
 # ---------------------------------------------------------------- configuration files
 
 
-def gpu_devices(site: Site) -> list[tuple[str, list[int]]]:
-    """(gpu type, minor numbers) in site order: h100 -> [0, 1], a100 -> [2, 3]."""
-    devices, minor = [], 0
-    for gpu in site.gpu_types.values():
-        devices.append((gpu.name, list(range(minor, minor + gpu.count))))
-        minor += gpu.count
-    return devices
+@dataclass(frozen=True)
+class NodePlan:
+    """A node of the local cluster as Slurm sees it: name, address, its GPUs' device minors."""
+
+    name: str
+    address: str
+    cpus: int
+    memory_mb: int
+    gpus: dict[str, list[int]]  # GPU type -> minors of /dev/fakegpuN
+    namespace: netns.NamespaceNode | None = None
+
+    @property
+    def weight(self) -> int:
+        # the scheduler fills the machine's own node first; the others take what it cannot
+        return 10 if self.namespace else 1
+
+
+def node_plan(site: Site, host: str, namespaces: bool | None = None) -> list[NodePlan]:
+    """The site's nodes; without network namespaces, every node folds into this machine's."""
+    namespaces = namespaces_usable(site) if namespaces is None else namespaces
+    nodes = list(site.nodes)
+    if not namespaces:
+        merged: dict[str, int] = {}
+        for node in nodes:
+            for gpu, count in node.gpus.items():
+                merged[gpu] = merged.get(gpu, 0) + count
+        local = next(n for n in nodes if n.name == "local")
+        nodes = [SiteNode("local", local.cpus, local.memory_mb, merged)]
+    plans, minor, index = [], 0, netns.FIRST_INDEX
+    for node in nodes:
+        gpus = {}
+        for gpu in site.gpu_types:  # site order, so minors are stable: h100 -> 0, 1, ...
+            count = node.gpus.get(gpu, 0)
+            if count:
+                gpus[gpu] = list(range(minor, minor + count))
+                minor += count
+        if node.name == "local" or not node.netns:
+            plans.append(NodePlan(host if node.name == "local" else node.name, "", node.cpus, node.memory_mb, gpus))
+        else:
+            ns = netns.NamespaceNode(node.name, index)
+            index += 1
+            plans.append(NodePlan(node.name, ns.address, node.cpus, node.memory_mb, gpus, ns))
+    # with namespace nodes, the machine's own node is reached at its side of the first veth pair
+    # (from every namespace), not at 127.0.0.1 (which is each namespace's own)
+    address = controller_address(plans)
+    return [p if p.address else NodePlan(p.name, address, p.cpus, p.memory_mb, p.gpus) for p in plans]
+
+
+def namespaces_usable(site: Site) -> bool:
+    if not any(n.netns for n in site.nodes):
+        return False
+    ok, why = netns.supported()
+    if not ok:
+        log(f"this machine cannot create network namespaces ({why}): every node of the site file "
+            "runs as one node on this machine")
+    return ok
+
+
+def controller_address(plans: list[NodePlan]) -> str:
+    """Where slurmctld, the hub and the proxy are reached: 127.0.0.1, or the machine's veth side."""
+    return next((p.namespace.machine_address for p in plans if p.namespace), "127.0.0.1")
+
+
+def hub_address(site: Site) -> str:
+    """The address the hub binds and jobs call back: reachable from every node's namespace."""
+    for plan in node_plan(site, hostname(), namespaces=True):
+        if plan.namespace and netns.exists(plan.namespace):
+            return plan.namespace.machine_address
+    return "127.0.0.1"
 
 
 def _device_range(minors: list[int]) -> str:
     return f"/dev/fakegpu[{minors[0]}-{minors[-1]}]" if len(minors) > 1 else f"/dev/fakegpu{minors[0]}"
 
 
-def render_slurm_conf(site: Site, host: str) -> str:
-    gres = ",".join(f"gpu:{g.name}:{g.count}" for g in site.gpu_types.values() if g.count)
+def render_slurm_conf(site: Site, host: str, plans: list[NodePlan] | None = None) -> str:
+    plans = plans if plans is not None else node_plan(site, host, namespaces=False)
     tres = ",".join(["gres/gpu"] + [f"gres/gpu:{name}" for name in site.gpu_types])
     if site.total_gpu_slices:
-        # GPU slices: Slurm's gres/shard, several jobs on one GPU (CUDA_VISIBLE_DEVICES names it)
-        gres += f",shard:{site.total_gpu_slices}"
         tres += ",gres/shard"
     lines = [
         f"ClusterName={site.cluster_name}",
-        f"SlurmctldHost={host}(127.0.0.1)",
+        f"SlurmctldHost={host}({controller_address(plans)})",
         "SlurmUser=slurm",
         "AuthType=auth/munge",
         f"StateSaveLocation={STATE}/slurmctld",
-        f"SlurmdSpoolDir={STATE}/slurmd",
+        # one slurmd per node on this machine: %n keeps their files apart
+        f"SlurmdSpoolDir={STATE}/slurmd/%n",
         "SlurmctldPidFile=/run/slurmctld.pid",
-        "SlurmdPidFile=/run/slurmd.pid",
+        "SlurmdPidFile=/run/slurmd-%n.pid",
         f"SlurmctldLogFile={LOGS}/slurmctld.log",
-        f"SlurmdLogFile={LOGS}/slurmd.log",
+        f"SlurmdLogFile={LOGS}/slurmd-%n.log",
         # no cgroups in a container; these two are known to work here
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
@@ -107,7 +171,7 @@ def render_slurm_conf(site: Site, host: str) -> str:
         "ReturnToService=2",
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
-        # the node advertises site.node_cpus CPUs: over-subscription for the local demo
+        # the nodes advertise the site's CPUs: over-subscription for the local demo
         "SlurmdParameters=config_overrides",
         f"DefMemPerCPU={site.default_mem_per_cpu_mb}",
         "GresTypes=gpu,shard" if site.total_gpu_slices else "GresTypes=gpu",
@@ -125,27 +189,36 @@ def render_slurm_conf(site: Site, host: str) -> str:
         "InactiveLimit=0",
         "Waittime=0",
         "SchedulerParameters=sched_interval=2,bf_interval=5",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={site.node_cpus} "
-        f"RealMemory={site.node_memory_mb} Gres={gres} State=UNKNOWN",
     ]
+    for plan in plans:
+        gres = [f"gpu:{gpu}:{len(minors)}" for gpu, minors in plan.gpus.items()]
+        shards = sum(len(minors) * site.gpu_types[gpu].shards for gpu, minors in plan.gpus.items())
+        if shards:
+            # GPU slices: Slurm's gres/shard, several jobs on one GPU (CUDA_VISIBLE_DEVICES names it)
+            gres.append(f"shard:{shards}")
+        lines.append(f"NodeName={plan.name} NodeAddr={plan.address} CPUs={plan.cpus} RealMemory={plan.memory_mb} "
+                     f"Weight={plan.weight}" + (f" Gres={','.join(gres)}" if gres else "") + " State=UNKNOWN")
+    names = ",".join(p.name for p in plans)
     for partition in site.partitions.values():
         default = "YES" if partition.default else "NO"
         lines.append(
-            f"PartitionName={partition.name} Nodes={host} Default={default} "
+            f"PartitionName={partition.name} Nodes={names} Default={default} "
             f"MaxTime={partition.max_hours}:00:00 State=UP"
         )
     return "\n".join(lines) + "\n"
 
 
-def render_gres_conf(site: Site, host: str) -> str:
+def render_gres_conf(site: Site, host: str, plans: list[NodePlan] | None = None) -> str:
+    plans = plans if plans is not None else node_plan(site, host, namespaces=False)
     lines = ["AutoDetect=off"]
-    for name, minors in gpu_devices(site):
-        if minors:
-            lines.append(f"NodeName={host} Name=gpu Type={name} File={_device_range(minors)}")
-    for gpu, (_, minors) in zip(site.gpu_types.values(), gpu_devices(site), strict=True):
-        # one line per GPU: the shards of a GPU share its device file (and take its type)
-        for minor in minors if gpu.shards else ():
-            lines.append(f"NodeName={host} Name=shard Count={gpu.shards} File=/dev/fakegpu{minor}")
+    for plan in plans:
+        for gpu, minors in plan.gpus.items():
+            lines.append(f"NodeName={plan.name} Name=gpu Type={gpu} File={_device_range(minors)}")
+        for gpu, minors in plan.gpus.items():
+            # one line per GPU: the shards of a GPU share its device file (and take its type)
+            for minor in minors if site.gpu_types[gpu].shards else ():
+                lines.append(f"NodeName={plan.name} Name=shard Count={site.gpu_types[gpu].shards} "
+                             f"File=/dev/fakegpu{minor}")
     return "\n".join(lines) + "\n"
 
 
@@ -171,25 +244,25 @@ def _write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def write_configs(site: Site) -> bool:
+def write_configs(site: Site, plans: list[NodePlan]) -> bool:
     """Write the Slurm configuration; True when slurm.conf or gres.conf changed."""
     host = hostname()
     SLURM_ETC.mkdir(parents=True, exist_ok=True)
-    changed = _write_if_changed(SLURM_ETC / "slurm.conf", render_slurm_conf(site, host))
-    changed |= _write_if_changed(SLURM_ETC / "gres.conf", render_gres_conf(site, host))
+    changed = _write_if_changed(SLURM_ETC / "slurm.conf", render_slurm_conf(site, host, plans))
+    changed |= _write_if_changed(SLURM_ETC / "gres.conf", render_gres_conf(site, host, plans))
     dbd = SLURM_ETC / "slurmdbd.conf"
     dbd.write_text(render_slurmdbd_conf())
     shutil.chown(dbd, "slurm", "slurm")
     dbd.chmod(0o600)
-    for directory in (STATE / "slurmctld", STATE / "slurmd", LOGS):
+    for directory in (STATE / "slurmctld", STATE / "slurmd", *(STATE / "slurmd" / p.name for p in plans), LOGS):
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "slurm", "slurm")
     return changed
 
 
-def make_fake_gpus(site: Site) -> None:
+def make_fake_gpus(plans: list[NodePlan]) -> None:
     """Character devices: plain files leave CUDA_VISIBLE_DEVICES empty in jobs."""
-    for _, minors in gpu_devices(site):
+    for minors in (m for plan in plans for m in plan.gpus.values()):
         for minor in minors:
             device = Path(f"/dev/fakegpu{minor}")
             if device.exists() and stat.S_ISCHR(device.stat().st_mode):
@@ -288,10 +361,15 @@ def configure_accounting(site: Site) -> None:
                  f"DefaultQOS={user.qos[0]}")
 
 
+def node_states() -> dict[str, str]:
+    """Each node's state, e.g. {'vm': 'idle', 'aif-node2': 'down*'}."""
+    out = run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False).stdout.split("\n")
+    return dict(line.split() for line in out if len(line.split()) == 2)
+
+
 def node_state() -> str:
-    """State of the (single) node, e.g. 'idle', 'mixed', 'down*'; '' if unknown."""
-    lines = run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
-    return lines[0] if lines else ""
+    """State of this machine's node, e.g. 'idle', 'mixed', 'down*'; '' if unknown."""
+    return node_states().get(hostname(), "")
 
 
 def start_slurmctld(site: Site) -> None:
@@ -306,16 +384,33 @@ def start_slurmctld(site: Site) -> None:
                                        check=False).stdout, 30)
 
 
-def start_slurmd(site: Site) -> None:
-    if not is_running("slurmd"):
-        log("starting slurmd")
-        run(["/usr/sbin/slurmd"])
-    wait_for("the node to register", lambda: node_state() not in ("", "unknown", "down*"), 60)
-    state = node_state()
-    if state.startswith(("down", "drain")):
-        run(["scontrol", "update", f"NodeName={hostname()}", "State=RESUME"], check=False)
-    wait_for("the node to become usable",
-             lambda: node_state().rstrip("*") in ("idle", "mixed", "allocated"), 60)
+def slurmd_namespaces() -> set[str]:
+    """Network namespaces ('' = the machine's own) that a running slurmd is in."""
+    pids = run(["pgrep", "-x", "slurmd"], check=False).stdout.split()
+    return {netns.namespace_of(int(pid)) for pid in pids}
+
+
+def start_slurmd(plans: list[NodePlan]) -> None:
+    running = slurmd_namespaces()
+    for plan in plans:
+        if plan.namespace is None and "" not in running:
+            log("starting slurmd")
+            run(["/usr/sbin/slurmd"])
+        elif plan.namespace and plan.namespace.namespace not in running:
+            log(f"starting slurmd of node {plan.name} in network namespace {plan.namespace.namespace} "
+                f"({plan.address})")
+            # nsenter joins the network namespace only (`ip netns exec` would remount /sys, without
+            # the cgroup file system slurmd needs); its own UTS namespace gives it its node name
+            run(["nsenter", f"--net=/run/netns/{plan.namespace.namespace}", "unshare", "--uts", "--",
+                 "sh", "-c", f"hostname {plan.name} && exec /usr/sbin/slurmd"])
+    names = [p.name for p in plans]
+    wait_for("the nodes to register",
+             lambda: all(node_states().get(n, "") not in ("", "unknown", "down*") for n in names), 60)
+    for name, state in node_states().items():
+        if state.startswith(("down", "drain")):
+            run(["scontrol", "update", f"NodeName={name}", "State=RESUME"], check=False)
+    wait_for("the nodes to become usable",
+             lambda: all(node_states().get(n, "").rstrip("*") in ("idle", "mixed", "allocated") for n in names), 60)
 
 
 def create_demo_users(site: Site, passwords_file: Path = DEMO_PASSWORDS_FILE) -> None:
@@ -333,8 +428,12 @@ def create_demo_users(site: Site, passwords_file: Path = DEMO_PASSWORDS_FILE) ->
 def start(site: Site) -> None:
     install()
     create_demo_users(site)
-    changed = write_configs(site)
-    make_fake_gpus(site)
+    plans = node_plan(site, hostname())
+    for plan in plans:
+        if plan.namespace:
+            netns.create(plan.namespace)
+    changed = write_configs(site, plans)
+    make_fake_gpus(plans)
     if changed and (is_running("slurmctld") or is_running("slurmd")):
         # GRES changes need the daemons restarted; running jobs survive a restart
         log("the Slurm configuration changed: restarting slurmctld and slurmd")
@@ -345,8 +444,9 @@ def start(site: Site) -> None:
     start_slurmdbd()
     start_slurmctld(site)
     configure_accounting(site)
-    start_slurmd(site)
-    log(f"Slurm cluster {site.cluster_name!r} is up: {node_state()} node {hostname()}")
+    start_slurmd(plans)
+    nodes = ", ".join(f"{name} ({state})" for name, state in node_states().items())
+    log(f"Slurm cluster {site.cluster_name!r} is up: {nodes}")
 
 
 def _stop_daemon(name: str) -> None:
@@ -357,7 +457,7 @@ def _stop_daemon(name: str) -> None:
     wait_for(f"{name} to exit", lambda: not is_running(name), 30)
 
 
-def stop(everything: bool = False) -> None:
+def stop(everything: bool = False, site: Site | None = None) -> None:
     """Cancel all jobs, then stop slurmd, slurmctld and slurmdbd (and MariaDB, munge)."""
     if is_running("slurmctld"):
         jobs = run(["squeue", "-h", "-o", "%i"], check=False).stdout.split()
@@ -371,6 +471,10 @@ def stop(everything: bool = False) -> None:
     if everything:
         run(["service", "mariadb", "stop"], check=False)
         _stop_daemon("munged")
+        for plan in node_plan(site, hostname(), namespaces=True) if site else ():
+            if plan.namespace:
+                log(f"removing network namespace {plan.namespace.namespace}")
+                netns.delete(plan.namespace)
 
 
 def status() -> dict[str, bool]:

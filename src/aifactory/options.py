@@ -191,9 +191,12 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
         booking = ctx.workshops.get(course_slug)
         active = booking and booking.reservation in ctx.reservations \
             and ctx.reservations[booking.reservation].state == "ACTIVE"
-        if active and not _string(raw, "reservation"):
-            # a participant's course start during the workshop lands in its reservation
-            defaults = {**defaults, **booking.resources(), "reservation": booking.reservation}
+        if active and _string(raw, "reservation") in ("", booking.reservation):
+            # a participant's course start during the workshop lands in its reservation, with
+            # the share the workshop was sized for (the reservation holds no more than that)
+            workshop = {**booking.resources(), "reservation": booking.reservation}
+            defaults = {**defaults, **workshop}
+            raw = {**raw, **workshop}
         else:
             booking = None
 

@@ -31,6 +31,18 @@ class GpuType:
 
 
 @dataclass(frozen=True)
+class Node:
+    """A compute node of the local demo/CI cluster (``cluster.nodes``)."""
+
+    name: str  # "local": this machine, under its host name
+    cpus: int
+    memory_mb: int
+    gpus: dict[str, int] = field(default_factory=dict)  # GPU type -> count on this node
+    # its own network namespace with its own address: the path a real cluster's nodes take
+    netns: bool = False
+
+
+@dataclass(frozen=True)
 class Partition:
     name: str
     description: str
@@ -110,6 +122,7 @@ class Site:
     culler_every_seconds: int
     courses_dir: Path
     workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
+    nodes: tuple[Node, ...] = ()
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -122,6 +135,14 @@ class Site:
     @property
     def total_gpus(self) -> int:
         return sum(g.count for g in self.gpu_types.values())
+
+    @property
+    def total_cpus(self) -> int:
+        return sum(n.cpus for n in self.nodes) or self.node_cpus
+
+    @property
+    def total_memory_mb(self) -> int:
+        return sum(n.memory_mb for n in self.nodes) or self.node_memory_mb
 
     @property
     def total_gpu_slices(self) -> int:
@@ -311,6 +332,37 @@ def _load_workshops(raw: dict, accounts: dict, qos: dict, partitions: dict) -> W
     return settings
 
 
+def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...]:
+    """``cluster.nodes``, or one node with every GPU (``cluster.node_cpus`` / ``node_memory_mb``)."""
+    if "nodes" not in cluster:
+        return (Node("local", _get(cluster, "node_cpus", "cluster", int),
+                     _get(cluster, "node_memory_mb", "cluster", int),
+                     {g.name: g.count for g in gpu_types.values() if g.count}),)
+    nodes = []
+    counted = dict.fromkeys(gpu_types, 0)
+    for name, spec in _get(cluster, "nodes", "cluster", dict).items():
+        where = f"cluster.nodes.{name}"
+        _name(name, where)
+        _check_unknown(spec, {"cpus", "memory_mb", "gpus", "netns"}, where)
+        gpus = _get(spec, "gpus", where, dict, {})
+        for gpu, count in gpus.items():
+            if gpu not in gpu_types:
+                raise SiteError(f"{where}.gpus: unknown GPU type {gpu!r} (known: {', '.join(gpu_types)})")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise SiteError(f"{where}.gpus.{gpu}: expected a count, got {count!r}")
+            counted[gpu] += count
+        nodes.append(Node(name, _positive(_get(spec, "cpus", where, int), f"{where}.cpus"),
+                          _positive(_get(spec, "memory_mb", where, int), f"{where}.memory_mb"),
+                          dict(gpus), _get(spec, "netns", where, bool, False)))
+    if [n.name for n in nodes].count("local") != 1:
+        raise SiteError("cluster.nodes: exactly one node must be 'local' (this machine)")
+    for gpu, count in counted.items():
+        if count != gpu_types[gpu].count:
+            raise SiteError(f"cluster.nodes: the nodes hold {count} {gpu} GPU(s) but gpu_types.{gpu}.count "
+                            f"is {gpu_types[gpu].count}")
+    return tuple(nodes)
+
+
 def load_site(path: str | Path) -> Site:
     """Read and validate a site file. Raises SiteError naming the bad key."""
     path = Path(path).resolve()
@@ -341,13 +393,16 @@ def load_site(path: str | Path) -> Site:
         for group, members in _get(raw, "groups", "site", dict, {}).items()
     }
     partitions = _load_partitions(raw)
+    gpu_types = _load_gpu_types(raw)
+    nodes = _load_nodes(cluster, gpu_types)
+    local = next(n for n in nodes if n.name == "local")
     site = Site(
         path=path,
         cluster_name=_name(_get(cluster, "name", "cluster", str), "cluster.name"),
-        node_cpus=_get(cluster, "node_cpus", "cluster", int),
-        node_memory_mb=_get(cluster, "node_memory_mb", "cluster", int),
+        node_cpus=local.cpus,
+        node_memory_mb=local.memory_mb,
         default_mem_per_cpu_mb=_get(cluster, "default_mem_per_cpu_mb", "cluster", int),
-        gpu_types=_load_gpu_types(raw),
+        gpu_types=gpu_types,
         partitions=partitions,
         accounts=accounts,
         qos=qos,
@@ -361,6 +416,7 @@ def load_site(path: str | Path) -> Site:
         culler_every_seconds=_get(culler, "every_seconds", "culler", int, 300),
         courses_dir=(path.parent / _get(raw, "courses_dir", "site", str, "../courses")).resolve(),
         workshops=_load_workshops(raw, accounts, qos, partitions),
+        nodes=nodes,
         raw=raw,
     )
     return site

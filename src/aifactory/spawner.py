@@ -29,6 +29,7 @@ from traitlets import Float, Integer, Unicode, default
 from . import batchscript, handlers, security, slurm
 from .courses import load_courses
 from .options import OptionsError, SessionOptions, UserContext, normalise_form, render_form, validate
+from .poller import JobPoller, shared_poller
 from .site import USERNAME_RE, load_site
 
 handlers.install()
@@ -64,6 +65,16 @@ class AIFactorySpawner(SlurmSpawner):
     slurm_timeout = Float(
         15.0,
         help="Seconds to wait for squeue/sacct before treating the state as unknown.",
+    ).tag(config=True)
+
+    slurm_poll_busy = Float(
+        1.0,
+        help="Seconds between the hub's shared squeue polls while any session is pending or starting.",
+    ).tag(config=True)
+
+    slurm_poll_idle = Float(
+        10.0,
+        help="Seconds between the hub's shared squeue polls while every session runs.",
     ).tag(config=True)
 
     context_cache_seconds = Float(
@@ -193,6 +204,10 @@ class AIFactorySpawner(SlurmSpawner):
             course = ctx.courses.get(previous.get("course"))
             if course:
                 previous = {**course.resources.as_options(), **previous}
+                booking = ctx.workshops.get(course.slug)
+                if booking and booking.reservation in {r.name for r in ctx.usable_reservations()}:
+                    # during a workshop the confirmation shows what the workshop gives
+                    previous = {**previous, **booking.resources(), "reservation": booking.reservation}
         return render_form(self.site, ctx, previous=previous)
 
     def _remember_form(self, formdata):
@@ -267,27 +282,30 @@ class AIFactorySpawner(SlurmSpawner):
     def _exec_prefix(self) -> list[str]:
         return shlex.split(self.exec_prefix.format(username=self._check_username()))
 
-    async def query_job_status(self):
-        """squeue as the user; controller trouble or timeouts are UNKNOWN, not NOTFOUND.
+    @property
+    def poller(self) -> JobPoller:
+        return shared_poller(busy_interval=self.slurm_poll_busy, idle_interval=self.slurm_poll_idle,
+                             timeout=self.slurm_timeout)
 
-        Replaces batchspawner's shell-formatted ``batch_query_cmd`` (not used here).
+    async def query_job_status(self, fresh: bool = False):
+        """The job's state from the hub's shared Slurm poller (one squeue for all sessions).
+
+        Controller trouble and malformed answers are UNKNOWN, not NOTFOUND. Replaces
+        batchspawner's per-session, shell-formatted ``batch_query_cmd`` (not used here).
         """
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
-        argv = [*self._exec_prefix(), "squeue", "-h", "-j", self.job_id, "-o", slurm.JOB_QUERY_FORMAT]
-        try:
-            out = await slurm.run(argv, timeout=self.slurm_timeout)
-        except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
-            if isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e)):
-                self.job_status = ""
-                return JobStatus.NOTFOUND
-            self.log.warning("squeue failed for job %s (%s): state unknown, will retry", self.job_id, e)
-            self.job_status = f"UNKNOWN|{e}||"
+        job_id = self.job_id
+        result = await self.poller.state(job_id, fresh=fresh)
+        if result.error:
+            self.log.warning("Slurm state of job %s unknown (%s): will retry", job_id, result.error)
+            self.job_status = f"UNKNOWN|{result.error}||"
             return JobStatus.UNKNOWN
-        state = slurm.parse_job_state(out)
-        self.job_status = out.strip().splitlines()[-1] if state else ""
+        state = slurm.parse_job_state(result.line) if result.line else None
+        self.job_status = result.line or ""
         if state is None:
+            self.poller.forget(job_id)
             return JobStatus.NOTFOUND
         if state.running:
             self._pending_since = None
@@ -400,15 +418,20 @@ class AIFactorySpawner(SlurmSpawner):
         prefix = self._exec_prefix()
         try:
             await slurm.run([*prefix, "scancel", job_id], timeout=self.slurm_timeout)
-            out = await slurm.run([*prefix, "squeue", "-h", "-j", job_id, "-o", slurm.JOB_QUERY_FORMAT],
-                                  timeout=self.slurm_timeout)
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
-            if isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e)):
-                return True
-            self.log.warning("Cancelling job %s of %s not confirmed yet (%s)", job_id, self._log_name, e)
+            if not (isinstance(e, slurm.SlurmCommandError) and slurm.INVALID_JOB_RE.search(str(e))):
+                self.log.warning("Cancelling job %s of %s not confirmed yet (%s)", job_id, self._log_name, e)
+                return False
+        # confirmed by a poll that started after the scancel
+        result = await self.poller.state(job_id, fresh=True)
+        if result.error:
+            self.log.warning("Cancelling job %s of %s not confirmed yet (%s)", job_id, self._log_name, result.error)
             return False
-        state = slurm.parse_job_state(out)
-        return state is None or not (state.running or state.pending)
+        state = slurm.parse_job_state(result.line) if result.line else None
+        if state is None or not (state.running or state.pending):
+            self.poller.forget(job_id)
+            return True
+        return False
 
     async def stop(self, now=False):
         """scancel until Slurm confirms: a stop during a controller outage must not leave the job

@@ -207,11 +207,11 @@ def _check_capacity(site: Site, size: int, gpus: int, gpu_slices: int, cpus: int
         raise WorkshopError("participants", f"{size} participants x {gpu_slices} GPU slice = "
                                             f"{size * gpu_slices} slices, but the site has {site.total_gpu_slices}"
                                             + (f" and {taken_slices} are booked by {names}" if others else ""))
-    # the local cluster is one node; on a real site Slurm refuses what its nodes cannot hold
-    if site.workshops.reserve == "cores" and taken_cores + size * cpus > site.node_cpus:
+    # Slurm refuses what the nodes cannot hold; this says so with the figures first
+    if site.workshops.reserve == "cores" and taken_cores + size * cpus > site.total_cpus:
         raise WorkshopError("cpus", f"{size} participants x {cpus} CPU cores do not fit the cluster "
                                     f"in that window{f' (booked by {names})' if others else ''}")
-    if size * memory_gb * 1024 > site.node_memory_mb:
+    if size * memory_gb * 1024 > site.total_memory_mb:
         raise WorkshopError("memory_gb", f"{size} participants x {memory_gb} GB do not fit the cluster")
 
 

@@ -189,6 +189,10 @@ def walkin_disable(args) -> None:
 
 
 def _remove(*users: str) -> None:
+    # a job still running would keep the account (userdel refuses users with processes)
+    subprocess.run(["scancel", "--user", ",".join(users)], capture_output=True, timeout=60)
+    for user in users:
+        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, timeout=60)
     subprocess.run(["sacctmgr", "-i", "delete", "user", ",".join(users)], capture_output=True, timeout=60)
     for user in users:
         subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=60)
