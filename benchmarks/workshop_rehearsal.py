@@ -34,7 +34,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
-from benchtools import percentile, storm  # noqa: E402
+from benchtools import percentile, storm, wait_no_jobs  # noqa: E402
 from hubtools import Hub  # noqa: E402
 
 VENV = "/opt/aifactory/venv"
@@ -85,14 +85,6 @@ def report(label: str, result: dict, n: int, gpus: tuple) -> None:
     line += (f"   failed {len(result['failed'])}   in reservation {in_reservation}   "
              f"GPU slices {slices}   whole GPUs {whole}   distinct GPUs {len(devices - {'none'})}")
     print(line, flush=True)
-
-
-def wait_no_jobs(users: list[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not subprocess.run(["squeue", "-h", "-u", ",".join(users)], capture_output=True, text=True).stdout.strip():
-            return
-        time.sleep(1)
 
 
 def main() -> None:

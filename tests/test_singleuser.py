@@ -10,14 +10,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
-def test_registers_a_free_port_and_execs_the_server_with_it():
+def fake_hub(status: int) -> tuple[HTTPServer, list]:
+    """A hub API that answers one POST with ``status`` and records it."""
     received = []
 
     class Hub(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
-            received.append((self.path, self.headers["Authorization"],
-                             json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(201)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Authorization"], json.loads(body)))
+            self.send_response(status)
             self.end_headers()
 
         def log_message(self, *args):
@@ -25,11 +26,19 @@ def test_registers_a_free_port_and_execs_the_server_with_it():
 
     hub = HTTPServer(("127.0.0.1", 0), Hub)
     threading.Thread(target=hub.handle_request, daemon=True).start()
+    return hub, received
+
+
+def wrapper(hub: HTTPServer, *command: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub.server_port}/hub/api",
                JUPYTERHUB_API_TOKEN="secret-token", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/user/x/")
-    out = subprocess.run([sys.executable, "-m", "aifactory.singleuser", sys.executable, "-c",
-                          "import os; print(os.environ['JUPYTERHUB_SERVICE_URL'])"],
-                         env=env, capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "aifactory.singleuser", *command], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_registers_a_free_port_and_execs_the_server_with_it():
+    hub, received = fake_hub(201)
+    out = wrapper(hub, sys.executable, "-c", "import os; print(os.environ['JUPYTERHUB_SERVICE_URL'])")
     assert out.returncode == 0, out.stderr
     (path, auth, body), = received
     assert path == "/hub/api/batchspawner" and auth == "token secret-token"
@@ -38,18 +47,6 @@ def test_registers_a_free_port_and_execs_the_server_with_it():
 
 
 def test_a_hub_that_refuses_the_port_ends_the_job_with_an_error():
-    class Hub(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.send_response(403)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    hub = HTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=hub.handle_request, daemon=True).start()
-    env = dict(os.environ, JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub.server_port}/hub/api",
-               JUPYTERHUB_API_TOKEN="t", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/")
-    out = subprocess.run([sys.executable, "-m", "aifactory.singleuser", "true"], env=env,
-                         capture_output=True, text=True, timeout=30)
+    hub, _ = fake_hub(403)
+    out = wrapper(hub, "true")
     assert out.returncode != 0 and "403" in out.stderr

@@ -15,6 +15,8 @@ import pytest
 import requests
 from hubtools import PASSWORDS, privileged, user_jobs
 
+from aifactory.workshops.privileged import user_exists
+
 pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,14 +85,6 @@ def reservation(name: str) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
-def unix_user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
 @pytest.fixture
 def workshops(clean_hub):
     """Create workshops through the API; every one still open is ended afterwards."""
@@ -109,7 +103,7 @@ def workshops(clean_hub):
     for owner, workshop in created:
         if service(clean_hub, owner, "GET", f"/{workshop['id']}").json()["workshop"]["state"] != "ended":
             service(clean_hub, owner, "POST", f"/{workshop['id']}/end", json={})
-    leftovers = [u for _, w in created for u in w["walkins"] if unix_user_exists(u)]
+    leftovers = [u for _, w in created for u in w["walkins"] if user_exists(u)]
     if leftovers:
         privileged("walkin-remove", "--users", ",".join(leftovers))
 
@@ -234,7 +228,7 @@ def test_refusals_through_the_api_change_nothing(clean_hub, workshops):
     for overrides, message in cases:
         status, error = _refusal(hub, "t-instructor1", {**ok, **overrides, "walkins": overrides.get("walkins", 2)})
         assert status == 400 and message in error, (overrides, error)
-    assert reservation("ws-refused") == "" and not unix_user_exists("wk-refused-01")
+    assert reservation("ws-refused") == "" and not user_exists("wk-refused-01")
 
     # overlapping: the second workshop does not fit beside the first in the same window
     workshops(name="first", title="First", course=COURSE, participants="t-student1", walkins=2, gpus=1,
@@ -254,7 +248,7 @@ def test_a_failure_after_the_reservation_leaves_nothing_behind(clean_hub):
                                                       "walkins": 2, "cpus": 1, "memory_gb": 1, **window()})
         assert status == 400 and "cluster:" in error, error
         assert reservation("ws-clash") == ""
-        assert not unix_user_exists("wk-clash-01") and not unix_user_exists("wk-clash-02")
+        assert not user_exists("wk-clash-01") and not user_exists("wk-clash-02")
         assert hub.api("t-admin1", "GET", "/users/wk-clash-01").status_code == 404
     finally:
         hub.api("t-admin1", "DELETE", "/groups/workshop-clash")
@@ -335,7 +329,7 @@ def test_the_cli_creates_extends_and_ends_with_the_same_validation(clean_hub):
     finally:
         ended = _cli(hub, "end", "cliws")
         # ended workshops keep their walk-ins' files for a while: this test removes them now
-        if unix_user_exists("wk-cliws-01"):
+        if user_exists("wk-cliws-01"):
             privileged("walkin-remove", "--users", "wk-cliws-01")
     assert ended.returncode == 0 and "has ended" in ended.stdout, ended.stderr
     assert reservation("ws-cliws") == ""

@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import web
 
 from . import slurm
 from .courses import load_courses
+from .hubservice import serve
 from .site import Site, load_site
 
 _templates = Environment(
@@ -122,7 +122,9 @@ class OverviewHandler(HubOAuthenticated, web.RequestHandler):
         user = self.get_current_user()
         if not OVERVIEW_GROUPS & set(user.get("groups", [])):
             raise web.HTTPError(403, "the overview is for instructors and admins")
-        rows = await running_sessions(self.hub_auth.api_url, self.hub_auth.api_token)
+        # the viewer's own token: the hub lists only the servers the viewer may read (instructors:
+        # the students group), not what the catalogue service could see
+        rows = await running_sessions(self.hub_auth.api_url, self.hub_auth.get_token(self))
         hub_prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") + "hub/"
         self.finish(_templates.get_template("overview.html").render(
             rows=rows, username=user["name"], hub_prefix=hub_prefix))
@@ -145,19 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--site", required=True)
     args = parser.parse_args()
-    site = load_site(args.site)
-    # the hub stops services with SIGINT then SIGTERM; SIGINT may arrive ignored from a
-    # background shell, so handle both explicitly
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: ioloop.IOLoop.current().add_callback_from_signal(
-            ioloop.IOLoop.current().stop))
-    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
-    port = int(url.rsplit(":", 1)[-1].split("/")[0])
-    make_app(site).listen(port, "127.0.0.1")
-    try:
-        ioloop.IOLoop.current().start()
-    except KeyboardInterrupt:  # the hub stops its services with SIGINT/SIGTERM
-        pass
+    serve(make_app(load_site(args.site)), "http://127.0.0.1:10101")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,11 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
             "url": f"http://127.0.0.1:{CATALOGUE_PORT}",
             "command": [python, "-m", "aifactory.catalogue", "--site", str(site.path)],
             "oauth_no_confirm": True,
-            # the catalogue needs to know the user's groups (instructors see the overview)
-            "oauth_client_allowed_scopes": ["read:users:groups!user"],
+            # the login token carries the user's groups (instructors see the overview), their own
+            # servers (running courses show "Open course") and, for the overview, at most what
+            # the user's roles allow: the hub intersects these with the user's own scopes
+            "oauth_client_allowed_scopes": ["read:users:groups!user", "read:servers!user", "list:users",
+                                            "read:users", "read:servers"],
         },
         {
             "name": "workshops",
@@ -140,11 +143,6 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
             "services": ["idle-culler"],
             # culling stops the Slurm job and frees its GPUs
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-        },
-        {
-            "name": "catalogue",
-            "services": ["catalogue"],
-            "scopes": ["list:users", "read:users", "read:servers"],
         },
         {
             "name": "workshops",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pwd
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from .. import slurm
 from ..courses import load_courses
 from ..site import Site
 from .plan import WorkshopError, WorkshopPlan, check_extend, plan_workshop
+from .privileged import user_exists
 from .store import Participant, Store, Workshop
 
 log = logging.getLogger("aifactory.workshops")
@@ -84,14 +84,7 @@ class WorkshopManager:
 
     async def known_users(self) -> set[str]:
         """Users that can take part: known to the hub and with a unix account (jobs run as them)."""
-        users = set()
-        for name in await self.hub.users():
-            try:
-                pwd.getpwnam(name)
-                users.add(name)
-            except KeyError:
-                continue
-        return users
+        return {name for name in await self.hub.users() if user_exists(name)}
 
     # ------------------------------------------------------------ create
 
@@ -266,7 +259,7 @@ class WorkshopManager:
         """One row per participant: server state, Slurm reason, time left, notebooks, last activity."""
         hub_users = await self.hub.users()
         try:
-            jobs = await slurm.user_jobs([u for u in workshop.usernames if _unix_user(u)])
+            jobs = await slurm.user_jobs([u for u in workshop.usernames if user_exists(u)])
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             log.warning("squeue for workshop %s: %s", workshop.name, e)
             jobs = []
@@ -321,14 +314,6 @@ class WorkshopManager:
                 row["opened"], row["changed"] = participant.opened.split(","), \
                     [n for n in participant.changed.split(",") if n]
                 session.commit()
-
-
-def _unix_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 async def _lab_activity(hub: HubAPI, server: dict, course: str, notebooks: tuple[str, ...]):

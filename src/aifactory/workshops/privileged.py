@@ -122,7 +122,7 @@ def _password() -> str:
     return "-".join("".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(4)) for _ in range(3))
 
 
-def _exists(user: str) -> bool:
+def user_exists(user: str) -> bool:
     try:
         pwd.getpwnam(user)
         return True
@@ -131,7 +131,7 @@ def _exists(user: str) -> bool:
 
 
 def _is_walkin(user: str) -> bool:
-    if not WALKIN_RE.match(user) or not _exists(user):
+    if not WALKIN_RE.match(user) or not user_exists(user):
         return False
     try:
         return user in grp.getgrnam(WALKIN_GROUP).gr_mem
@@ -149,7 +149,7 @@ def _sacctmgr(*args: str) -> None:
 
 def walkin_create(args) -> None:
     names = [f"wk-{args.workshop}-{i:02d}" for i in range(1, args.count + 1)]
-    taken = [n for n in names if _exists(n)]
+    taken = [n for n in names if user_exists(n)]
     if taken:
         raise Refused(f"accounts exist already: {', '.join(taken)}")
     accounts = run(["sacctmgr", "-n", "-P", "show", "account", args.account, "format=account"]).split()

@@ -12,15 +12,15 @@ import argparse
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import web
 
 from ..courses import load_courses
+from ..hubservice import serve
 from ..site import Site, load_site
 from .manager import HubAPI, WorkshopManager
 from .plan import REQUEST_KEYS, WorkshopError
@@ -255,17 +255,7 @@ def main() -> None:
     site: Site = load_site(args.site)
     hub = HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     manager = WorkshopManager(site, Store(args.db), hub, args.helper.split())
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: ioloop.IOLoop.current().add_callback_from_signal(
-            ioloop.IOLoop.current().stop))
-    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102")
-    port = int(url.rsplit(":", 1)[-1].split("/")[0])
-    make_app(manager).listen(port, "127.0.0.1")
-    ioloop.PeriodicCallback(manager.housekeeping, args.housekeeping_seconds * 1000).start()
-    try:
-        ioloop.IOLoop.current().start()
-    except KeyboardInterrupt:
-        pass
+    serve(make_app(manager), "http://127.0.0.1:10102", periodic=(manager.housekeeping, args.housekeeping_seconds))
 
 
 __all__ = ["REQUEST_KEYS", "main", "make_app"]
