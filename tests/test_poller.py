@@ -141,6 +141,37 @@ def test_a_new_job_is_not_judged_by_a_poll_from_before_it_was_submitted():
     assert waited < 5  # not the 30 s idle interval
 
 
+def test_a_job_watched_during_a_poll_is_not_judged_by_that_poll():
+    """The poll under way when a job is submitted did not ask about it: it is not "gone"."""
+    asked = []
+    first_poll_started = None
+    release = None
+
+    async def slow_slurm(argv, timeout=None, input=None):
+        asked.append(argv[3])
+        if len(asked) == 1:
+            first_poll_started.set()
+            await release.wait()  # the first poll is still under way...
+            return "186|RUNNING|None|N/A|vm\n"
+        return "186|RUNNING|None|N/A|vm\n300|PENDING|Priority|N/A|n/a\n"
+
+    async def scenario():
+        nonlocal first_poll_started, release
+        first_poll_started, release = asyncio.Event(), asyncio.Event()
+        poller = JobPoller(busy_interval=0.05, runner=slow_slurm)
+        old = asyncio.ensure_future(poller.state("186"))
+        await first_poll_started.wait()
+        new = asyncio.ensure_future(poller.state("300"))  # ...when job 300 is submitted
+        await asyncio.sleep(0.01)
+        release.set()
+        return await old, await new
+
+    old, new = run(scenario())
+    assert old.line.startswith("RUNNING")
+    assert new.line is not None and new.line.startswith("PENDING"), new
+    assert asked == ["186", "186,300"]
+
+
 def test_all_jobs_gone_is_an_answer_not_an_error():
     fake = FakeSlurm(slurm.SlurmCommandError("slurm_load_jobs error: Invalid job id specified"))
     result = run(JobPoller(busy_interval=0.05, runner=fake).state("99999"))

@@ -37,7 +37,7 @@ class PollResult:
 
     line: str | None
     error: str = ""
-    generation: int = 0
+    generation: int = 0  # the number of the poll, counted when it started
 
 
 def parse_poll(text: str) -> tuple[dict[str, str], int]:
@@ -65,8 +65,8 @@ class JobPoller:
         self.max_backoff = max_backoff
         self.runner = runner  # None: slurm.run, looked up at each call
         self.results: dict[str, PollResult] = {}
-        self.watched: dict[str, int] = {}  # job id -> generation when it was first watched
-        self.generation = 0  # polls completed
+        self.watched: dict[str, int] = {}  # job id -> polls started when it was first watched
+        self.generation = 0  # polls started
         self.calls = 0  # squeue invocations (benchmarks count them)
         self.failures = 0  # consecutive failed polls
         self._polled = asyncio.Condition()
@@ -86,15 +86,21 @@ class JobPoller:
         self.results.pop(job_id, None)
 
     async def state(self, job_id: str, fresh: bool = False) -> PollResult:
-        """The job's state from a poll that started after it was watched (or after now: ``fresh``)."""
+        """The job's state from a poll that started after it was watched (or after now: ``fresh``).
+
+        A poll under way when the job was watched (or when a fresh answer was asked for, e.g.
+        just after ``scancel``) does not count: it asked Slurm before."""
         self.watch(job_id)
         needed = (self.generation if fresh else self.watched[job_id]) + 1
         if fresh:
             self._wake.set()
+        def answered() -> bool:
+            result = self.results.get(job_id)
+            return result is not None and result.generation >= needed
+
         try:
             async with self._polled:
-                await asyncio.wait_for(self._polled.wait_for(lambda: self.generation >= needed),
-                                       self.timeout + self.max_backoff + 5)
+                await asyncio.wait_for(self._polled.wait_for(answered), self.timeout + self.max_backoff + 5)
         except TimeoutError:
             return PollResult(None, "no Slurm poll finished in time", self.generation)
         return self.results.get(job_id) or PollResult(None, generation=self.generation)
@@ -128,6 +134,8 @@ class JobPoller:
         if not jobs:
             return
         self.calls += 1
+        self.generation += 1
+        generation = self.generation
         started = time.monotonic()
         try:
             text = await (self.runner or slurm.run)(["squeue", "-h", "-j", ",".join(jobs), "-o", POLL_FORMAT],
@@ -141,13 +149,13 @@ class JobPoller:
         except Exception as e:  # whatever went wrong, the waiting spawners get an answer
             log.exception("Slurm poll broke")
             text, error = "", f"poll failed: {e}"
-        generation = self.generation + 1
+        results: dict[str, PollResult] = {}
         if error:
             self.failures += 1
             log.warning("Slurm poll failed (%d in a row, next in %.0f s): %s", self.failures,
                         min(self.busy_interval * 2 ** self.failures, self.max_backoff), error)
             for job in jobs:
-                self.results[job] = PollResult(None, error, generation)
+                results[job] = PollResult(None, error, generation)
         else:
             if self.failures:
                 log.info("Slurm answers again after %d failed poll(s)", self.failures)
@@ -157,14 +165,14 @@ class JobPoller:
                 log.warning("squeue gave %d malformed line(s); unlisted jobs are unknown this time", malformed)
             for job in jobs:
                 if job in lines:
-                    self.results[job] = PollResult(lines[job], "", generation)
+                    results[job] = PollResult(lines[job], "", generation)
                 elif malformed:
-                    self.results[job] = PollResult(None, "squeue's answer was malformed", generation)
+                    results[job] = PollResult(None, "squeue's answer was malformed", generation)
                 else:
-                    self.results[job] = PollResult(None, "", generation)
+                    results[job] = PollResult(None, "", generation)
         log.debug("polled %d job(s) in %.2f s", len(jobs), time.monotonic() - started)
-        async with self._polled:
-            self.generation = generation
+        async with self._polled:  # waiters see a poll's answers all at once
+            self.results.update({job: r for job, r in results.items() if job in self.watched})
             self._polled.notify_all()
 
 
