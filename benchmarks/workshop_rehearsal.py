@@ -55,12 +55,12 @@ STOCK = [
 
 def session_gpus(users: list[str], name: str) -> tuple[int, int, set[str], int]:
     """Running jobs of these users: how many in a reservation, slices, distinct GPUs, whole GPUs."""
-    out = subprocess.run(["squeue", "-h", "-t", "R", "-u", ",".join(users), "-o", "%i|%u|%v|%b|%j"],
+    out = subprocess.run(["squeue", "-h", "-t", "R", "-u", ",".join(users), "-o", "%i|%u|%v|%b|%j|%N"],
                          capture_output=True, text=True).stdout
     in_reservation = slices = whole = 0
     devices = set()
     for line in out.splitlines():
-        job, user, reservation, gres, job_name = line.split("|")
+        job, user, reservation, gres, job_name, node = line.split("|")
         # ours names jobs after the server; stock batchspawner calls every job "jupyterhub"
         if job_name not in ((f"jupyter-{name}",) if name else ("jupyter", "jupyterhub")):
             continue
@@ -69,8 +69,8 @@ def session_gpus(users: list[str], name: str) -> tuple[int, int, set[str], int]:
         whole += int(gres.rsplit(":", 1)[-1]) if "gpu" in gres else 0
         log = Path(pwd.getpwnam(user).pw_dir, f".aifactory-session-{job}.log")
         match = re.search(r"GPUs: (\S+)", log.read_text()) if log.exists() else None
-        if match:
-            devices.update(match.group(1).split(","))
+        if match:  # CUDA_VISIBLE_DEVICES counts from 0 on each node
+            devices.update((node, index) for index in match.group(1).split(",") if index != "none")
     return in_reservation, slices, devices, whole
 
 
@@ -83,7 +83,7 @@ def report(label: str, result: dict, n: int, gpus: tuple) -> None:
                  f"   max {max(times):5.1f} s")
     line += f"   slowest hub answer {max(result['polls'], default=0):4.1f} s   hub CPU {result['hub_cpu']:4.1f} s"
     line += (f"   failed {len(result['failed'])}   in reservation {in_reservation}   "
-             f"GPU slices {slices}   whole GPUs {whole}   distinct GPUs {len(devices - {'none'})}")
+             f"GPU slices {slices}   whole GPUs {whole}   distinct GPUs {len(devices)}")
     print(line, flush=True)
 
 

@@ -53,6 +53,15 @@ def test_down_nodes_have_no_free_gpus():
     assert gpus["a100"].free == 0
 
 
+def test_nodes_and_what_they_hold():
+    two = (NODES_SHARDS.replace("NodeName=vm", "NodeName=vm Partitions=gpu,cpu")
+           + "NodeName=node2 CPUTot=32 Gres=gpu:a100:2,shard:a100:16 State=IDLE Partitions=gpu,cpu\n"
+           + "NodeName=node3 CPUTot=32 Gres=gpu:a100:2 State=DOWN+NOT_RESPONDING Partitions=gpu\n")
+    nodes = slurm.parse_nodes(two)
+    assert [(n.name, n.cpus, n.gpus, n.slices, n.partitions) for n in nodes] == [
+        ("vm", 64, 4, 32, ("gpu", "cpu")), ("node2", 32, 2, 16, ("gpu", "cpu"))]  # node3 is down
+
+
 def test_gpu_slices_and_the_gpus_that_host_them():
     gpus, slices = slurm.parse_gpu_availability(NODES_SHARDS)
     # h100 #0 hosts three slices: one h100 is left whole; one a100 is allocated whole

@@ -165,6 +165,36 @@ def parse_gpu_availability(scontrol_text: str) -> tuple[dict[str, GpuAvailabilit
     return gpus, SliceAvailability(all_slices, slices_used, slices_blocked)
 
 
+@dataclass(frozen=True)
+class NodeCapacity:
+    name: str
+    partitions: tuple[str, ...]
+    cpus: int
+    gpus: int  # whole GPUs, any type
+    slices: int  # GPU slices (shards)
+
+
+def parse_nodes(scontrol_text: str) -> list[NodeCapacity]:
+    """``scontrol show node -o``: what each usable node holds, in Slurm's order."""
+    nodes = []
+    for line in scontrol_text.splitlines():
+        pairs = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "NodeName" not in pairs or any(f in pairs.get("State", "").upper() for f in UNUSABLE_STATES):
+            continue
+        gres = pairs.get("Gres", "")
+        nodes.append(NodeCapacity(
+            pairs["NodeName"], tuple(p for p in pairs.get("Partitions", "").split(",") if p),
+            int(pairs.get("CPUTot", "0") or 0),
+            sum(int(m["count"]) for m in GRES_ITEM_RE.finditer(gres)),
+            sum(int(m["count"]) for m in SHARD_ITEM_RE.finditer(gres)) or sum(
+                int(c) for c in re.findall(r"(?<![\w])shard:(\d+)", gres))))
+    return nodes
+
+
+async def nodes() -> list[NodeCapacity]:
+    return parse_nodes(await run(["scontrol", "show", "node", "-o"]))
+
+
 async def gpu_availability() -> tuple[dict[str, GpuAvailability], SliceAvailability]:
     return parse_gpu_availability(await run(["scontrol", "show", "node", "-o", "-d"]))
 

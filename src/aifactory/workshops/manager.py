@@ -134,6 +134,11 @@ class WorkshopManager:
                 "--start", plan.start.strftime(SLURM_TIME), "--end", plan.end.strftime(SLURM_TIME),
                 "--users", ",".join(plan.users), "--cores", str(plan.cores),
                 "--partition", ws.partition or self.site.default_partition.name]
+        if ws.reserve == "cores":
+            split = await self._core_split(plan, args[args.index("--partition") + 1])
+            if split:
+                args[args.index("--cores") + 1] = ",".join(str(c) for _, c in split)
+                args += ["--node-names", ",".join(n for n, _ in split)]
         if ws.reserve == "nodes":
             gpus = plan.size * plan.gpus or -(-plan.size * plan.gpu_slices // max(
                 g.shards for g in self.site.gpu_types.values()))
@@ -142,6 +147,32 @@ class WorkshopManager:
             await self.privileged(*args)
         except RuntimeError as e:
             raise WorkshopError("cluster", f"Slurm refused the reservation: {e}") from e
+
+    async def _core_split(self, plan: WorkshopPlan, partition: str) -> list[tuple[str, int]]:
+        """Which nodes the participants' cores are reserved on: where their GPUs or slices are.
+
+        Slurm 22.05 reserves cores, not GPUs; a reservation whose cores sit on a node without free
+        slices would hold sessions that can never start. Participants are placed greedily on the
+        partition's nodes by what each holds (slices, whole GPUs, or CPUs for CPU courses)."""
+        try:
+            nodes = [n for n in await slurm.nodes() if partition in n.partitions]
+        except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
+            return []
+        split, left = [], plan.size
+        for node in nodes:
+            if plan.gpu_slices:
+                fits = node.slices // plan.gpu_slices
+            elif plan.gpus:
+                fits = node.gpus // plan.gpus
+            else:
+                fits = node.cpus // max(plan.cpus, 1)
+            take = min(fits, left)
+            if take:
+                split.append((node.name, take * plan.cpus))
+                left -= take
+            if not left:
+                return split
+        return []  # does not fit node by node: let Slurm choose (and say no if it must)
 
     def _record(self, plan: WorkshopPlan, owner: str) -> Workshop:
         with self.store.session() as session:

@@ -40,6 +40,7 @@ WORKSHOP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,19}$")
 WALKIN_RE = re.compile(r"^wk-[a-z0-9][a-z0-9-]{2,19}-\d{2}$")
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+NODE_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
 WALKIN_GROUP = "aifactory-walkin"
 # unambiguous characters for passwords read off a printed sheet
 PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -63,6 +64,13 @@ def _int_range(low: int, high: int):
             raise argparse.ArgumentTypeError(f"{value[:10]!r} is not a whole number in {low}..{high}")
         return int(value)
     return check
+
+
+def _count_list(value: str) -> list[int]:
+    counts = value.split(",")
+    if not 1 <= len(counts) <= 64 or not all(re.fullmatch(r"\d{1,5}", c) and int(c) > 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: core counts, comma-separated")
+    return [int(c) for c in counts]
 
 
 def _user_list(pattern: re.Pattern):
@@ -92,7 +100,16 @@ def reservation_create(args) -> None:
     argv = ["scontrol", "create", "reservation", f"ReservationName={args.name}",
             f"StartTime={args.start}", f"EndTime={args.end}", f"Users={','.join(args.users)}",
             f"PartitionName={args.partition}"]
-    argv.append(f"NodeCnt={args.nodes}" if args.nodes else f"CoreCnt={args.cores}")
+    if args.nodes:
+        argv.append(f"NodeCnt={args.nodes}")
+    else:
+        if args.node_names:
+            if len(args.node_names) != len(args.cores):
+                raise Refused("give one core count per node name")
+            argv.append(f"Nodes={','.join(args.node_names)}")
+        elif len(args.cores) != 1:
+            raise Refused("several core counts need --node-names")
+        argv.append(f"CoreCnt={','.join(map(str, args.cores))}")
     print(run(argv).strip())
 
 
@@ -221,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--start", **time)
     c.add_argument("--end", **time)
     c.add_argument("--users", type=_user_list(USERNAME_RE), required=True)
-    c.add_argument("--cores", type=_int_range(1, 100000), required=True)
+    c.add_argument("--cores", type=_count_list, required=True, help="N, or N1,N2 for --node-names")
+    c.add_argument("--node-names", type=_user_list(NODE_RE), default=None)
     c.add_argument("--partition", type=_matching(NAME_RE, "partition"), required=True)
     c.add_argument("--nodes", type=_int_range(1, 10000), default=0)
     c.set_defaults(func=reservation_create)
