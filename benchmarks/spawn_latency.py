@@ -57,10 +57,10 @@ def measure(hub: Hub, user: str, options: dict, runs: int) -> tuple[list[float],
         hub.wait_ready(user, timeout=180)
         elapsed = time.monotonic() - start
         ready_times.append(elapsed)
-        job_id = user_jobs(user)[0]["job_id"]
+        job_id = max((j["job_id"] for j in user_jobs(user)), key=int)  # the newest: this spawn's
         hub.api(user, "DELETE", f"/users/{user}/server")
         hub.wait_stopped(user)
-        while user_jobs(user):
+        while any(j["job_id"] == job_id for j in user_jobs(user)):
             time.sleep(0.2)
         times = job_times(user, job_id)
         if times and times[0] >= wall_start - 1:
