@@ -51,7 +51,8 @@ def standin(kind: str) -> str:
 
 
 def ours_args(kind: str, prefix: str = "") -> list[str]:
-    args = [f"--AIFactorySpawner.cmd={standin(kind)}"]
+    # the hub's own defaults, not the test suite's (which caches nothing)
+    args = [f"--AIFactorySpawner.cmd={standin(kind)}", "--AIFactorySpawner.context_cache_seconds=30"]
     if prefix:
         args.append(f"--AIFactorySpawner.exec_prefix={prefix}")
     return args

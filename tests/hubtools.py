@@ -64,14 +64,17 @@ class Hub:
         )
         config = Path(__file__).resolve().parents[1] / "hub_config" / "jupyterhub_config.py"
         self.log = open(self.state / "hub.log", "ab")
+        # test settings (short polls, no caching); extra_args may set the same traits otherwise
+        settings = [f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{self.proxy_api_port}",
+                    f"--Spawner.poll_interval={self.poll_interval}",
+                    f"--AIFactorySpawner.max_queue_wait={self.max_queue_wait}",
+                    "--AIFactorySpawner.context_cache_seconds=0",
+                    "--AIFactorySpawner.slurm_poll_idle=2",
+                    "--JupyterHub.last_activity_interval=5"]
+        overridden = {arg.split("=", 1)[0] for arg in self.extra_args}
         self.proc = subprocess.Popen(
             [str(VENV / "bin" / "jupyterhub"), "-f", str(config),
-             f"--ConfigurableHTTPProxy.api_url=http://127.0.0.1:{self.proxy_api_port}",
-             f"--Spawner.poll_interval={self.poll_interval}",
-             f"--AIFactorySpawner.max_queue_wait={self.max_queue_wait}",
-             "--AIFactorySpawner.context_cache_seconds=0",
-             "--AIFactorySpawner.slurm_poll_idle=2",
-             "--JupyterHub.last_activity_interval=5", *self.extra_args],
+             *(arg for arg in settings if arg.split("=", 1)[0] not in overridden), *self.extra_args],
             cwd=self.state, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -56,7 +56,7 @@ def parse_poll(text: str) -> tuple[dict[str, str], int]:
 
 
 class JobPoller:
-    def __init__(self, *, busy_interval: float = 1.0, idle_interval: float = 10.0, timeout: float = 15.0,
+    def __init__(self, *, busy_interval: float = 0.5, idle_interval: float = 10.0, timeout: float = 15.0,
                  max_backoff: float = 60.0,
                  runner: Callable[..., Awaitable[str]] | None = None):
         self.busy_interval = busy_interval

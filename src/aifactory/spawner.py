@@ -68,7 +68,7 @@ class AIFactorySpawner(SlurmSpawner):
     ).tag(config=True)
 
     slurm_poll_busy = Float(
-        1.0,
+        0.5,
         help="Seconds between the hub's shared squeue polls while any session is pending or starting.",
     ).tag(config=True)
 
@@ -115,6 +115,12 @@ class AIFactorySpawner(SlurmSpawner):
     @default("cmd")
     def _cmd_default(self):
         return [f"{self.venv}/bin/jupyterhub-singleuser"]
+
+    @default("startup_poll_interval")
+    def _startup_poll_interval_default(self):
+        # the start-up loop reads the shared poller's answer and the port the job sent: no
+        # Slurm call per turn, so it can look often
+        return 0.25
 
     @default("batchspawner_singleuser_cmd")
     def _singleuser_default(self):
