@@ -50,6 +50,8 @@ STOCK = [
     "--SlurmSpawner.req_qos=workshop",
     "--SlurmSpawner.req_gres=gpu:1",
     "--SlurmSpawner.startup_poll_interval=0.5",
+    # the stock script prints no GPUs: add the line ours prints
+    "--SlurmSpawner.req_prologue=echo \"AI factory session: GPUs: ${CUDA_VISIBLE_DEVICES:-none}\"",
 ]
 
 
@@ -61,8 +63,8 @@ def session_gpus(users: list[str], name: str) -> tuple[int, int, set[str], int]:
     devices = set()
     for line in out.splitlines():
         job, user, reservation, gres, job_name, node = line.split("|")
-        # ours names jobs after the server; stock batchspawner calls every job "jupyterhub"
-        if job_name not in ((f"jupyter-{name}",) if name else ("jupyter", "jupyterhub")):
+        # ours names jobs after the server; stock batchspawner calls every job "spawner-jupyterhub"
+        if job_name not in ((f"jupyter-{name}",) if name else ("jupyter", "spawner-jupyterhub")):
             continue
         in_reservation += reservation.startswith("ws-")
         slices += int(gres.rsplit(":", 1)[-1]) if "shard" in gres else 0
