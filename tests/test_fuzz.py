@@ -8,7 +8,9 @@ script holds only allow-listed ``#SBATCH`` lines.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,18 +39,22 @@ names = st.sampled_from(["gpu", "cpu", "uni-teaching", "uni-research", "regional
                          "deep-learning-pytorch", "1", "2", "0"])
 nasty = st.sampled_from(["gpu\n#SBATCH --uid=0", "; rm -rf ~", "$(id)", "`id`", "a|b", "gpu --uid=0", "#SBATCH",
                          "../../etc/passwd", "x" * 300, "é", "\x00", " ", "1e9", "0x10", "-1", "99999999"])
-texts = st.one_of(names, nasty, st.text(max_size=12))
-values = st.one_of(texts, st.integers(-10**12, 10**12), st.integers(0, 9), st.floats(allow_nan=False),
+# any character a client can send (lone surrogates cannot be encoded as UTF-8 at all)
+chars = st.characters(blacklist_categories=("Cs",))
+texts = st.one_of(names, nasty, st.text(chars, max_size=12))
+values = st.one_of(texts, st.integers(-10**12, 10**12), st.integers(0, 9),
+                   st.floats(allow_nan=False, allow_infinity=False),  # what JSON can carry
                    st.booleans(), st.none(), st.lists(st.integers(0, 3), max_size=2))
 keys = st.one_of(st.sampled_from(OPTION_KEYS), st.sampled_from(["cmd", "homedir", "prologue", "exec_prefix"]),
-                 st.text(min_size=1, max_size=40))
+                 st.text(chars, min_size=1, max_size=40))
 option_sets = st.dictionaries(keys, values, max_size=6)
 
 
 @pytest.fixture(scope="module")
-def fuzz_hub(slurm_cluster, tmp_path_factory):
+def fuzz_hub(slurm_cluster):
     """A hub whose users' sbatch goes through a wrapper that keeps every script it submits."""
-    root = tmp_path_factory.mktemp("fuzz")
+    # the wrapper runs as the user (through sudo): its folders must be reachable from /tmp down
+    root = Path(tempfile.mkdtemp(prefix="aif-fuzz-", dir="/tmp"))
     root.chmod(0o755)
     scripts = root / "scripts"
     scripts.mkdir(mode=0o777)
@@ -70,6 +76,7 @@ def fuzz_hub(slurm_cluster, tmp_path_factory):
     yield hub
     hub.stop_all_servers()
     hub.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _stop(hub: Hub, name: str) -> None:
