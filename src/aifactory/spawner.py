@@ -293,7 +293,7 @@ class AIFactorySpawner(SlurmSpawner):
         return shared_poller(busy_interval=self.slurm_poll_busy, idle_interval=self.slurm_poll_idle,
                              timeout=self.slurm_timeout)
 
-    async def query_job_status(self, fresh: bool = False):
+    async def query_job_status(self):
         """The job's state from the hub's shared Slurm poller (one squeue for all sessions).
 
         Controller trouble and malformed answers are UNKNOWN, not NOTFOUND. Replaces
@@ -303,7 +303,7 @@ class AIFactorySpawner(SlurmSpawner):
             self.job_status = ""
             return JobStatus.NOTFOUND
         job_id = self.job_id
-        result = await self.poller.state(job_id, fresh=fresh)
+        result = await self.poller.state(job_id)
         if result.error:
             self.log.warning("Slurm state of job %s unknown (%s): will retry", job_id, result.error)
             self.job_status = f"UNKNOWN|{result.error}||"
@@ -420,7 +420,8 @@ class AIFactorySpawner(SlurmSpawner):
             await asyncio.sleep(1)
 
     async def _cancel_confirmed(self, job_id: str) -> bool:
-        """One scancel, then squeue: True once Slurm no longer lists the job as pending or running."""
+        """One scancel, then a fresh shared poll: True once Slurm no longer lists the job as pending or
+        running."""
         prefix = self._exec_prefix()
         try:
             await slurm.run([*prefix, "scancel", job_id], timeout=self.slurm_timeout)
