@@ -66,8 +66,13 @@ def test_a_job_on_two_nodes(slurm_cluster, tmp_path):
     while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip() \
             and time.monotonic() < deadline:
         time.sleep(0.5)
-    state = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "State,NodeList"],
-                           capture_output=True, text=True).stdout.strip()
+    # slurmdbd records the end a moment after squeue stops listing the job
+    while time.monotonic() < deadline + 30:
+        state = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job, "-o", "State,NodeList"],
+                               capture_output=True, text=True).stdout.strip()
+        if not state.startswith(("PENDING", "RUNNING", "COMPLETING")):
+            break
+        time.sleep(0.5)
     text = out.read_text() if out.exists() else ""
     out.unlink(missing_ok=True)
     assert state.startswith("COMPLETED"), (state, text)
