@@ -2,7 +2,7 @@
 import os
 import sys
 
-from aifactory.hubconfig import apply_site, default_hub_bind_url
+from aifactory.hub.hubconfig import apply_site, default_hub_bind_url
 from aifactory.security import make_private
 from aifactory.site import SiteError, load_site
 

@@ -55,7 +55,7 @@ def slurm_cluster(site):
     """The real local cluster (`make cluster`), started here if it is not running, with the test users."""
     if os.geteuid() != 0:
         pytest.fail("the Slurm tests run as root (they start the local cluster and use sudo -u USER)")
-    from aifactory import localcluster
+    from aifactory.slurm import localcluster
 
     if not all(localcluster.status().values()):
         localcluster.start(site)
@@ -93,7 +93,7 @@ def blocker():
         """Occupy every free GPU of a type (`gpu:a100:2`): a demo's sessions may hold some already."""
         import asyncio
 
-        from aifactory import slurm
+        from aifactory.slurm import queries as slurm
 
         gpu_type = gres.split(":")[1]
         free = asyncio.run(slurm.gpu_availability())[0][gpu_type].free

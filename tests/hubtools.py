@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from aifactory.localcluster import hub_address
+from aifactory.slurm.localcluster import hub_address
 
 VENV = Path(os.environ.get("AIFACTORY_VENV", "/opt/aifactory/venv"))
 PASSWORDS = {}

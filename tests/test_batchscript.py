@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aifactory.batchscript import JobContext, render
-from aifactory.options import SessionOptions
+from aifactory.hub.batchscript import JobContext, render
+from aifactory.hub.options import SessionOptions
 
 CTX = JobContext(username="student1", homedir="/home/student1",
                  cmd="/opt/aifactory/venv/bin/batchspawner-singleuser /opt/aifactory/venv/bin/jupyterhub-singleuser",

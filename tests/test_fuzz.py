@@ -21,7 +21,7 @@ from hubtools import Hub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aifactory.options import OPTION_KEYS
+from aifactory.hub.options import OPTION_KEYS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.slow]
 

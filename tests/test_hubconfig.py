@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from traitlets.config import Config
 
-from aifactory.hubconfig import apply_site
+from aifactory.hub.hubconfig import apply_site
 
 
 def applied(site, **kwargs):
@@ -25,7 +25,7 @@ def test_spawner_and_named_servers(site):
 
 def test_pam_by_default_with_groups_and_admins(site):
     c = applied(site)
-    assert c.JupyterHub.authenticator_class == "aifactory.auth.ThrottledPAMAuthenticator"
+    assert c.JupyterHub.authenticator_class == "aifactory.hub.auth.ThrottledPAMAuthenticator"
     assert "student1" in c.Authenticator.allowed_users
     assert c.Authenticator.admin_users == {"admin1"}
     assert c.JupyterHub.load_groups["instructors"] == {"users": ["instructor1"]}

@@ -11,7 +11,7 @@ import pytest
 import requests
 from hubtools import user_jobs
 
-from aifactory import localcluster, netns
+from aifactory.slurm import localcluster, netns
 
 NODE2 = "node2"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aifactory.courses import load_courses
-from aifactory.options import OptionsError, UserContext, normalise_form, render_form, validate
-from aifactory.slurm import Association, GpuAvailability, Reservation
+from aifactory.hub.options import OptionsError, UserContext, normalise_form, render_form, validate
+from aifactory.slurm.queries import Association, GpuAvailability, Reservation
 
 STUDENT = [Association("uni-teaching", ("interactive", "workshop"), "workshop", True)]
 INSTRUCTOR = [

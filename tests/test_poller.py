@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from aifactory import slurm
-from aifactory.poller import JobPoller, parse_poll
+from aifactory.slurm import queries as slurm
+from aifactory.slurm.poller import JobPoller, parse_poll
 
 # `squeue -h -j 186,187,188 -o '%i|%T|%r|%S|%B'` on the demo node
 SQUEUE = ("186|RUNNING|None|2026-11-28T00:05:12|vm\n"

@@ -15,10 +15,11 @@ import pytest
 import yaml
 from tornado import web
 
-from aifactory import batchscript, courses, hubconfig, security
-from aifactory.options import OptionsError, UserContext, normalise_form, validate
+from aifactory import courses, security
+from aifactory.hub import batchscript, hubconfig
+from aifactory.hub.options import OptionsError, UserContext, normalise_form, validate
 from aifactory.site import SiteError, load_site
-from aifactory.slurm import Association
+from aifactory.slurm.queries import Association
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_FILE = ROOT / "hub_config" / "site.yaml"
@@ -202,7 +203,7 @@ def test_duplicate_json_keys_are_refused():
 
 
 def test_cluster_errors_in_the_form_are_escaped():
-    from aifactory.spawner import AIFactorySpawner
+    from aifactory.hub.spawner import AIFactorySpawner
 
     async def user_context():
         raise web.HTTPError(503, "The cluster did not answer (<script>alert(1)</script>)")
@@ -216,7 +217,7 @@ def test_cluster_errors_in_the_form_are_escaped():
 
 
 def test_wrong_passwords_are_throttled_per_user_and_address(monkeypatch):
-    from aifactory.auth import ThrottledPAMAuthenticator
+    from aifactory.hub.auth import ThrottledPAMAuthenticator
 
     tried = []
 
@@ -246,9 +247,9 @@ def test_wrong_passwords_are_throttled_per_user_and_address(monkeypatch):
 def test_stop_retries_scancel_until_slurm_confirms(monkeypatch):
     import logging
 
-    from aifactory import slurm
-    from aifactory.poller import JobPoller
-    from aifactory.spawner import AIFactorySpawner
+    from aifactory.hub.spawner import AIFactorySpawner
+    from aifactory.slurm import queries as slurm
+    from aifactory.slurm.poller import JobPoller
 
     answers = iter([
         slurm.SlurmUnavailable("slurm_load_jobs error: Unable to contact slurm controller"),  # scancel

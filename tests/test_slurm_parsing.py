@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from aifactory import slurm
+from aifactory.slurm import queries as slurm
 
 # `scontrol show node -o -d` with one whole h100 in use (before GPU slices were configured)
 NODES = (

@@ -14,8 +14,8 @@ from batchspawner import JobStatus
 from conftest import SITE_FILE
 from tornado import web
 
-from aifactory import slurm
-from aifactory.spawner import AIFactorySpawner
+from aifactory.hub.spawner import AIFactorySpawner
+from aifactory.slurm import queries as slurm
 
 
 @pytest.fixture

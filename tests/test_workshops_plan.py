@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 import pytest
 from hubtools import privileged as run_privileged
 
-from aifactory import batchscript
 from aifactory.courses import load_courses
-from aifactory.options import OptionsError, UserContext, validate
-from aifactory.slurm import Association, Reservation
+from aifactory.hub import batchscript
+from aifactory.hub.options import OptionsError, UserContext, validate
+from aifactory.slurm.queries import Association, Reservation
 from aifactory.workshops import privileged
 from aifactory.workshops.plan import WorkshopError, check_extend, plan_workshop
 from aifactory.workshops.store import Participant, Store, Workshop, WorkshopBooking

@@ -17,7 +17,7 @@ def default_site() -> str:
 
 
 def _site(args):
-    from .site import SiteError, load_site
+    from aifactory.site import SiteError, load_site
 
     try:
         return load_site(args.site)
@@ -26,7 +26,7 @@ def _site(args):
 
 
 def cmd_cluster(args) -> int:
-    from . import localcluster
+    from aifactory.slurm import localcluster
 
     if os.geteuid() != 0:
         sys.exit("error: the local cluster is managed as root (it starts system daemons)")
@@ -51,7 +51,7 @@ def cmd_site(args) -> int:
 
 
 def cmd_courses(args) -> int:
-    from . import courses
+    from aifactory import courses
 
     return courses.cli(args, _site(args))
 
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     site.add_argument("action", choices=["check"])
     site.set_defaults(func=cmd_site)
 
-    from .courses import add_cli
-    from .workshops import client as workshop_client
+    from aifactory.courses import add_cli
+    from aifactory.workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))

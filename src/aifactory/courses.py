@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from jupyterhub.slugs import is_valid_safe_slug
 
-from .site import Site
+from aifactory.site import Site
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,47}$")
 NOTEBOOK_RE = re.compile(r"^\d{2}-[a-z0-9][a-z0-9-]*\.ipynb$")

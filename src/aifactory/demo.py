@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .security import DEMO_PASSWORDS_FILE, read_demo_passwords
-from .site import load_site
+from aifactory.security import DEMO_PASSWORDS_FILE, read_demo_passwords
+from aifactory.site import load_site
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from jupyterhub.apihandlers import users as users_api
 from jupyterhub.handlers import pages
 from tornado import web
 
-from .options import quote_prefix
+from aifactory.hub.options import quote_prefix
 
 DEMO_PASSWORDS_FILE = Path("/etc/aifactory/demo-passwords.yaml")
 # request bodies of the spawn form and the server API: the options are a handful of short values

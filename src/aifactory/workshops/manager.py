@@ -18,12 +18,12 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from .. import slurm
-from ..courses import load_courses
-from ..site import Site
-from .plan import WorkshopError, WorkshopPlan, check_extend, plan_workshop
-from .privileged import user_exists
-from .store import Participant, Store, Workshop
+from aifactory.courses import load_courses
+from aifactory.site import Site
+from aifactory.slurm import queries as slurm
+from aifactory.workshops.plan import WorkshopError, WorkshopPlan, check_extend, plan_workshop
+from aifactory.workshops.privileged import user_exists
+from aifactory.workshops.store import Participant, Store, Workshop
 
 log = logging.getLogger("aifactory.workshops")
 SLURM_TIME = "%Y-%m-%dT%H:%M:%S"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ..site import USERNAME_RE, Site
+from aifactory.site import USERNAME_RE, Site
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,19}$")
 # letters (any language), digits, spaces and plain punctuation: no HTML or shell metacharacters

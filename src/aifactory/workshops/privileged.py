@@ -33,7 +33,7 @@ import secrets
 import subprocess
 import sys
 
-from ..site import NAME_RE, USERNAME_RE
+from aifactory.site import NAME_RE, USERNAME_RE
 
 RESERVATION_RE = re.compile(r"^ws-[a-z0-9][a-z0-9-]{2,19}$")
 WORKSHOP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,19}$")

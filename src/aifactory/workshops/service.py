@@ -19,12 +19,12 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from ..courses import load_courses
-from ..hubservice import serve
-from ..site import Site, load_site
-from .manager import HubAPI, WorkshopManager
-from .plan import REQUEST_KEYS, WorkshopError
-from .store import Store, Workshop
+from aifactory.courses import load_courses
+from aifactory.services.hubservice import serve
+from aifactory.site import Site, load_site
+from aifactory.workshops.manager import HubAPI, WorkshopManager
+from aifactory.workshops.plan import REQUEST_KEYS, WorkshopError
+from aifactory.workshops.store import Store, Workshop
 
 MANAGER_GROUPS = {"instructors", "admins"}
 MAX_BODY = 64 * 1024

@@ -19,13 +19,13 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from . import slurm
-from .courses import load_courses
-from .hubservice import serve
-from .site import Site, load_site
+from aifactory.courses import load_courses
+from aifactory.services.hubservice import serve
+from aifactory.site import Site, load_site
+from aifactory.slurm import queries as slurm
 
 _templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
     autoescape=select_autoescape(["html"]),
 )
 

@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .courses import PUBLISHED_DIR
-from .security import read_secret_file
-from .site import Site
+from aifactory.courses import PUBLISHED_DIR
+from aifactory.security import read_secret_file
+from aifactory.site import Site
 
 CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
 WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
@@ -21,7 +21,7 @@ WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
 def default_hub_bind_url(site: Site, port: int = 8081) -> str:
     """Where jobs call the hub back: 127.0.0.1, or the machine's side of the local cluster's
     network namespaces when it has nodes there (a real site sets AIFACTORY_HUB_BIND_URL)."""
-    from .localcluster import hub_address
+    from aifactory.slurm.localcluster import hub_address
 
     return f"http://{hub_address(site)}:{port}"
 
@@ -69,7 +69,7 @@ def apply_authentication(c, site: Site) -> None:
         c.GenericOAuthenticator.admin_groups = {"admins"}
     else:
         # PAM with login throttling per user and client address (aifactory/auth.py)
-        c.JupyterHub.authenticator_class = "aifactory.auth.ThrottledPAMAuthenticator"
+        c.JupyterHub.authenticator_class = "aifactory.hub.auth.ThrottledPAMAuthenticator"
         # HPC login nodes manage sessions themselves
         c.PAMAuthenticator.open_sessions = False
         c.Authenticator.allowed_users = set(members)
@@ -117,7 +117,7 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
             "name": "catalogue",
             "display": True,
             "url": f"http://127.0.0.1:{CATALOGUE_PORT}",
-            "command": [python, "-m", "aifactory.catalogue", "--site", str(site.path)],
+            "command": [python, "-m", "aifactory.services.catalogue", "--site", str(site.path)],
             "oauth_no_confirm": True,
             # the login token carries the user's groups (instructors see the overview), their own
             # servers (running courses show "Open course") and, for the overview, at most what

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from .site import Site
-from .slurm import Association, GpuAvailability, Reservation, SliceAvailability
+from aifactory.site import Site
+from aifactory.slurm.queries import Association, GpuAvailability, Reservation, SliceAvailability
 
 OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "gpu_slices", "cpus", "memory_gb", "hours",
                "reservation", "course")
@@ -266,7 +266,7 @@ def _check_slices(site: Site, partition: str, qos: str, gpu_type: str, gpus: int
 # ---------------------------------------------------------------- the form
 
 _templates = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    loader=FileSystemLoader(Path(__file__).resolve().parents[1] / "templates"),
     autoescape=select_autoescape(["html"]),
 )
 

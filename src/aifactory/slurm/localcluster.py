@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import netns
-from .security import DEMO_PASSWORDS_FILE, ensure_demo_passwords
-from .site import Node as SiteNode
-from .site import Site
+from aifactory.security import DEMO_PASSWORDS_FILE, ensure_demo_passwords
+from aifactory.site import Node as SiteNode
+from aifactory.site import Site
+from aifactory.slurm import netns
 
 SLURM_ETC = Path("/etc/slurm")
 STATE = Path("/var/lib/slurm")

@@ -24,9 +24,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from . import slurm
+from aifactory.slurm import queries as slurm
 
-log = logging.getLogger("aifactory.poller")
+log = logging.getLogger("aifactory.slurm.poller")
 POLL_FORMAT = "%i|%T|%r|%S|%B"  # job id, then slurm.JOB_QUERY_FORMAT
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, StrictUndefined
 
-from .options import SessionOptions
+from aifactory.hub.options import SessionOptions
 
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

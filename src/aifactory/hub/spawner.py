@@ -26,11 +26,20 @@ from batchspawner import JobStatus, SlurmSpawner
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
-from . import batchscript, handlers, security, slurm
-from .courses import load_courses
-from .options import OptionsError, SessionOptions, UserContext, normalise_form, render_form, validate
-from .poller import JobPoller, shared_poller
-from .site import USERNAME_RE, load_site
+from aifactory import security
+from aifactory.courses import load_courses
+from aifactory.hub import batchscript, handlers
+from aifactory.hub.options import (
+    OptionsError,
+    SessionOptions,
+    UserContext,
+    normalise_form,
+    render_form,
+    validate,
+)
+from aifactory.site import USERNAME_RE, load_site
+from aifactory.slurm import queries as slurm
+from aifactory.slurm.poller import JobPoller, shared_poller
 
 handlers.install()
 
@@ -162,7 +171,7 @@ class AIFactorySpawner(SlurmSpawner):
     def workshop_store(self):
         if not self.workshops_db:
             return None
-        from .workshops.store import open_store
+        from aifactory.workshops.store import open_store
 
         return open_store(self.workshops_db)
 

@@ -18,7 +18,7 @@ from jupyterhub import apihandlers, handlers
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 
-from .security import BodyLimit, install_routes, parse_json_strict
+from aifactory.security import BodyLimit, install_routes, parse_json_strict
 
 ROUTE = r"/api/batchspawner"
 

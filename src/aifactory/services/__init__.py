@@ -1,0 +1,1 @@
+"""Hub-authenticated pages run as JupyterHub services (the course catalogue)."""

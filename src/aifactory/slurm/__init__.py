@@ -1,0 +1,1 @@
+"""Slurm: the one place that runs Slurm commands (queries), the shared poller, the demo cluster."""
