@@ -27,6 +27,7 @@ def test_directives_come_from_the_validated_options():
     script = render(options(reservation="workshop-ml"), CTX)
     assert directives(script) == [
         "#SBATCH --job-name=jupyterhub",
+        "#SBATCH --no-requeue",
         "#SBATCH --output=/home/student1/.aifactory-session-%j.log",
         "#SBATCH --chdir=/home/student1",
         "#SBATCH --export=JUPYTERHUB_API_TOKEN,PATH",
@@ -41,6 +42,16 @@ def test_directives_come_from_the_validated_options():
     ]
     assert script.rstrip().endswith('echo "jupyterhub-singleuser ended gracefully"')
     assert f"srun {CTX.cmd}" in script
+
+
+def test_the_hub_tag_is_the_jobs_comment_and_nothing_else_gets_there():
+    from dataclasses import replace
+
+    tagged = render(options(), replace(CTX, hub_tag="aifactory-hub:0123456789ab"))
+    assert "#SBATCH --comment=aifactory-hub:0123456789ab" in directives(tagged)
+    assert not any("--comment" in d for d in directives(render(options(), CTX)))
+    with pytest.raises(ValueError, match="hub tag"):
+        render(options(), replace(CTX, hub_tag="x\n#SBATCH --uid=0"))
 
 
 def test_no_gpu_no_gres_and_any_type():

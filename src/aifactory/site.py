@@ -123,6 +123,7 @@ class Site:
     courses_dir: Path
     workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
     nodes: tuple[Node, ...] = ()
+    reconcile_seconds: int = 60
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -409,6 +410,7 @@ def load_site(path: str | Path) -> Site:
         limits=_load_limits(raw),
         max_queue_wait_seconds=_get(spawn, "max_queue_wait_seconds", "spawn", int),
         startup_seconds=_get(spawn, "startup_seconds", "spawn", int),
+        reconcile_seconds=_positive(_get(spawn, "reconcile_seconds", "spawn", int, 60), "spawn.reconcile_seconds"),
         groups=groups,
         demo_users=_load_demo_users(raw, accounts, qos),
         authentication=auth,

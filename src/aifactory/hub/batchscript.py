@@ -17,11 +17,16 @@ from aifactory.hub.options import SessionOptions
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+HUB_TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
+# --no-requeue: a session cannot resume on another node after a node failure (its lab, port and
+# token are gone); requeued, it would come back as a second server the hub did not ask for
 TEMPLATE = """\
 #!/bin/bash
 #SBATCH --job-name={{ job_name }}
-#SBATCH --output={{ homedir }}/.aifactory-session-%j.log
+#SBATCH --no-requeue
+{% if hub_tag %}#SBATCH --comment={{ hub_tag }}
+{% endif %}#SBATCH --output={{ homedir }}/.aifactory-session-%j.log
 #SBATCH --chdir={{ homedir }}
 #SBATCH --export={{ keepvars }}
 #SBATCH --partition={{ o.partition }}
@@ -60,6 +65,8 @@ class JobContext:
     srun: str = "srun"
     venv: str = "/opt/aifactory/venv"
     site_file: str = ""
+    # the job's comment: which hub started it (the hub's reconcile finds its jobs by it)
+    hub_tag: str = ""
 
 
 def _check(ctx: JobContext) -> None:
@@ -69,6 +76,8 @@ def _check(ctx: JobContext) -> None:
         raise ValueError("venv and site file must be plain absolute paths")
     if not JOB_NAME_RE.match(ctx.job_name):
         raise ValueError(f"job name {ctx.job_name!r} is not allowed")
+    if ctx.hub_tag and not HUB_TAG_RE.match(ctx.hub_tag):
+        raise ValueError(f"hub tag {ctx.hub_tag!r} is not allowed")
     bad = [name for name in ctx.keepvars if not ENV_NAME_RE.match(name)]
     if bad:
         raise ValueError(f"environment variable names not allowed: {bad}")
@@ -89,6 +98,7 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
     return _template.render(
         o=options,
         job_name=ctx.job_name,
+        hub_tag=ctx.hub_tag,
         homedir=ctx.homedir,
         keepvars=",".join(ctx.keepvars),
         course_sync=course_sync_command(options, ctx),

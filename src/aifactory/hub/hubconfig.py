@@ -6,6 +6,7 @@ apply it to a bare ``traitlets.config.Config()`` and assert on the result.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,13 @@ def default_hub_bind_url(site: Site, port: int = 8081) -> str:
     from aifactory.slurm.localcluster import hub_address
 
     return f"http://{hub_address(site)}:{port}"
+
+
+def hub_tag(state_dir: str | None) -> str:
+    """The comment of this hub's session jobs: one per hub state folder, stable across restarts, so
+    that a test hub beside the demo (or two hubs on one cluster) never reconciles the other's jobs."""
+    folder = str(Path(state_dir or os.getcwd()).resolve())
+    return "aifactory-hub:" + hashlib.sha256(folder.encode()).hexdigest()[:12]
 
 
 def workshops_db_url(state_dir: str | None) -> str:
@@ -114,6 +122,11 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
                         f"--cull-every={site.culler_every_seconds}"],
         },
         {
+            "name": "reconcile",
+            "command": [python, "-m", "aifactory.services.reconcile", "--tag", hub_tag(state_dir),
+                        f"--interval={site.reconcile_seconds}"],
+        },
+        {
             "name": "catalogue",
             "display": True,
             "url": f"http://127.0.0.1:{CATALOGUE_PORT}",
@@ -145,6 +158,12 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
             "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         },
         {
+            "name": "reconcile",
+            "services": ["reconcile"],
+            # the spawner state holds each server's job id; ghosts are stopped like the culler does
+            "scopes": ["list:users", "read:users:name", "read:servers", "admin:server_state", "delete:servers"],
+        },
+        {
             "name": "workshops",
             "services": ["workshops"],
             # walk-in participants are hub users and groups made by the service; the overview
@@ -163,6 +182,7 @@ def apply_site(c, site: Site, venv: str = "/opt/aifactory/venv", state_dir: str 
     apply_groups_and_roles(c, site)
     apply_services(c, site, venv, state_dir)
     c.AIFactorySpawner.workshops_db = workshops_db_url(state_dir)
+    c.AIFactorySpawner.hub_tag = hub_tag(state_dir)
     if state_dir:
         state = Path(state_dir)
         c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"

@@ -97,6 +97,12 @@ class AIFactorySpawner(SlurmSpawner):
         "course start during an open workshop lands in its reservation. Empty: no workshops.",
     ).tag(config=True)
 
+    hub_tag = Unicode(
+        "",
+        help="Comment put on every session job (`aifactory-hub:<id>`): the reconcile service finds the "
+        "hub's jobs by it and cancels those no server claims. Set by hub_config from the hub's state folder.",
+    ).tag(config=True)
+
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
     stop_confirm_seconds = Float(
@@ -289,6 +295,7 @@ class AIFactorySpawner(SlurmSpawner):
             srun=self.req_srun,
             venv=self.venv,
             site_file=self.job_site_file or str(self.site.path),
+            hub_tag=self.hub_tag,
         )
         return batchscript.render(self.session, ctx)
 
@@ -363,12 +370,23 @@ class AIFactorySpawner(SlurmSpawner):
         return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
                 f"The job's log is {home}/.aifactory-session-{job_id}.log")
 
+    async def _silent_job_report(self, host: str) -> str:
+        """A job that runs but whose server never called back: cancelled, with where to look."""
+        job_id = self.job_id
+        await self.stop()
+        self.clear_state()
+        home = pwd.getpwnam(self.user.name).pw_dir
+        return (f"JupyterLab did not start within {self.startup_timeout} s of your session's Slurm job {job_id} "
+                f"starting on {host or 'its node'}, so the job was cancelled. The job's log is "
+                f"{home}/.aifactory-session-{job_id}.log")
+
     async def start(self):
         """batchspawner's start, watched: a job that dies before JupyterLab is up is reported."""
         self._check_username()
         self._pending_since = None
         self._submitted_job_id = ""
         starting = asyncio.ensure_future(super().start())
+        running_since = None
         try:
             while True:
                 done, _ = await asyncio.wait({starting}, timeout=max(self.startup_poll_interval, 1.0))
@@ -379,10 +397,14 @@ class AIFactorySpawner(SlurmSpawner):
                 state = self.job_state()
                 if state and state.running:
                     # super().start() stopped polling and waits for the port: keep watching the job
+                    running_since = running_since or time.monotonic()
                     if await self.query_job_status() == JobStatus.NOTFOUND:
                         starting.cancel()
                         self.clear_state()
                         raise web.HTTPError(500, await self._death_report(self._submitted_job_id))
+                    if time.monotonic() - running_since > self.startup_timeout:
+                        starting.cancel()
+                        raise web.HTTPError(500, await self._silent_job_report(state.host))
         except asyncio.CancelledError:
             starting.cancel()
             raise
@@ -490,6 +512,20 @@ class AIFactorySpawner(SlurmSpawner):
         if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
             return None
         if self.job_id:
-            self.log.info("Job %s of %s is gone from Slurm: server stopped", self.job_id, self._log_name)
+            asyncio.ensure_future(self._log_end(self.job_id))
         self.clear_state()
         return 1
+
+    async def _log_end(self, job_id: str) -> None:
+        """Why the job ended (sacct), for the hub's log: time limit, node failure, cancelled, ..."""
+        record = None
+        for _ in range(10):  # accounting records the end a moment after the queue drops the job
+            try:
+                record = await slurm.job_record(job_id)
+            except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
+                record = None
+            if record and record.state not in ("RUNNING", "PENDING", "COMPLETING"):
+                break
+            await asyncio.sleep(1)
+        ended = f"{record.state} (exit code {record.exit_code}, ran {record.elapsed})" if record else "unknown"
+        self.log.info("Job %s of %s ended: %s; server stopped", job_id, self._log_name, ended)

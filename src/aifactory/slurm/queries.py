@@ -315,6 +315,31 @@ async def job_record(job_id: str) -> JobRecord | None:
                                   "-o", "JobID,State,ExitCode,Elapsed"]))
 
 
+TAGGED_FORMAT = "%i|%u|%T|%k"
+
+
+@dataclass(frozen=True)
+class TaggedJob:
+    job_id: str
+    user: str
+    state: str
+
+
+def parse_tagged_jobs(squeue_text: str, tag: str) -> list[TaggedJob]:
+    """``squeue -h -o TAGGED_FORMAT`` lines whose comment is exactly ``tag`` (the hub's jobs)."""
+    jobs = []
+    for line in squeue_text.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4 and parts[3] == tag and parts[0].isdigit():
+            jobs.append(TaggedJob(job_id=parts[0], user=parts[1], state=parts[2]))
+    return jobs
+
+
+async def tagged_jobs(tag: str, timeout: float = DEFAULT_TIMEOUT) -> list[TaggedJob]:
+    """Every queued or running job that carries the hub's tag in its comment: one squeue call."""
+    return parse_tagged_jobs(await run(["squeue", "-h", "-a", "-o", TAGGED_FORMAT], timeout=timeout), tag)
+
+
 OVERVIEW_FORMAT = "%i|%u|%a|%P|%T|%M|%l|%b|%j|%r|%L|%v"
 
 
