@@ -94,6 +94,7 @@ class UsageHandler(HubOAuthenticated, web.RequestHandler):
             message = exc.log_message
         if self.get_argument("format", "") == "csv":
             self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.set_header("X-Content-Type-Options", "nosniff")
             self.finish(f"{status_code}: {message}\n")
             return
         self.finish(_templates.get_template("usage_error.html").render(

@@ -131,6 +131,12 @@ def _bars(ax, values: dict[str, float], title: str, unit: str) -> None:
         ax.annotate(f"{value:.2f}", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
 
 
+def _few_bars(ax, count: int) -> None:
+    """Keep a bar or two from filling the whole plot: room for at least six."""
+    pad = max(0.0, (6 - count) / 2)
+    ax.set_xlim(-0.5 - pad, count - 0.5 + pad)
+
+
 def _weekly(ax, rows: list[usage.UsageRow], column: int, title: str, unit: str) -> None:
     weeks = sorted({r.week for r in rows}) or ["(none)"]
     parents = sorted({r.parent for r in rows})
@@ -140,6 +146,7 @@ def _weekly(ax, rows: list[usage.UsageRow], column: int, title: str, unit: str) 
         heights = [per_week.get(w, (0.0, 0.0))[column] for w in weeks]
         ax.bar(weeks, heights, bottom=bottom, label=parent, color=COLOURS[i % len(COLOURS)])
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    _few_bars(ax, len(weeks))
     ax.set_title(title)
     ax.set_ylabel(unit)
     ax.tick_params(axis="x", labelrotation=45, labelsize=8)
@@ -153,6 +160,7 @@ def _share(ax, report: UsageReport) -> None:
     ax.bar(weeks or ["(none)"], shares or [0], color=COLOURS[1], label=f"{report.partner_account}: actual")
     ax.axhline(100 * report.target, color=COLOURS[4], linestyle="--",
                label=f"target {100 * report.target:.0f} % (fair-share)")
+    _few_bars(ax, max(len(weeks), 1))
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of all GPU-hours")
     ax.set_title(f"Share of GPU-hours: {report.partner_account} accounts vs. target, by week")
