@@ -39,6 +39,9 @@ def write_test_site() -> Path:
     raw["demo_users"] = {TEST_USER_PREFIX + name: spec for name, spec in raw["demo_users"].items()}
     raw["groups"] = {group: [TEST_USER_PREFIX + u for u in users] for group, users in raw["groups"].items()}
     raw["courses_dir"] = str(ROOT / "courses")
+    if "usage" in raw:
+        raw["usage"]["managers"] = {TEST_USER_PREFIX + user: accounts
+                                    for user, accounts in raw["usage"].get("managers", {}).items()}
     TEST_SITE_FILE.parent.mkdir(parents=True, exist_ok=True)
     TEST_SITE_FILE.write_text(yaml.safe_dump(raw, sort_keys=False))
     return TEST_SITE_FILE

@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     site.set_defaults(func=cmd_site)
 
     from aifactory.courses import add_cli
+    from aifactory.services import usage_report
     from aifactory.workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
+    usage_report.add_cli(sub, lambda args: usage_report.cli(args, _site(args)))
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -94,6 +94,16 @@ class WorkshopSettings:
 
 
 @dataclass(frozen=True)
+class UsageSettings:
+    """Who sees which usage (the ``usage`` section; /services/usage/, ``aifactory usage``)."""
+
+    # the top-level account whose share of GPU-hours is shown against its fair-share target
+    partner_account: str = ""
+    # user -> accounts whose usage they may see (with their sub-accounts); admins see all
+    managers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DemoUser:
     name: str
     account: str
@@ -124,6 +134,7 @@ class Site:
     workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
     nodes: tuple[Node, ...] = ()
     reconcile_seconds: int = 60
+    usage: UsageSettings = field(default_factory=UsageSettings)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -333,6 +344,27 @@ def _load_workshops(raw: dict, accounts: dict, qos: dict, partitions: dict) -> W
     return settings
 
 
+def _load_usage(raw: dict, accounts: dict[str, Account]) -> UsageSettings:
+    spec = _get(raw, "usage", "site", dict, {})
+    _check_unknown(spec, {"partner_account", "managers"}, "usage")
+    # sites without the section: the fair-share split this hub was built for
+    partner = _get(spec, "partner_account", "usage", str, "regional" if "regional" in accounts else "")
+    if partner and (partner not in accounts or accounts[partner].parent):
+        top = [a.name for a in accounts.values() if not a.parent]
+        raise SiteError(f"usage.partner_account: {partner!r} is not a top-level account (known: {', '.join(top)})")
+    managers = {}
+    for user, managed in _get(spec, "managers", "usage", dict, {}).items():
+        where = f"usage.managers.{user}"
+        _name(str(user), where, USERNAME_RE)
+        if not isinstance(managed, list) or not managed:
+            raise SiteError(f"{where}: expected a list of accounts, got {managed!r}")
+        for account in managed:
+            if account not in accounts:
+                raise SiteError(f"{where}: unknown account {account!r} (known: {', '.join(accounts)})")
+        managers[user] = tuple(managed)
+    return UsageSettings(partner, managers)
+
+
 def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...]:
     """``cluster.nodes``, or one node with every GPU (``cluster.node_cpus`` / ``node_memory_mb``)."""
     if "nodes" not in cluster:
@@ -378,7 +410,7 @@ def load_site(path: str | Path) -> Site:
     _check_unknown(
         raw,
         {"cluster", "gpu_types", "partitions", "accounts", "qos", "limits", "spawn", "groups",
-         "demo_users", "authentication", "culler", "courses_dir", "workshops"},
+         "demo_users", "authentication", "culler", "courses_dir", "workshops", "usage"},
         "site",
     )
     cluster = _get(raw, "cluster", "site", dict)
@@ -419,6 +451,7 @@ def load_site(path: str | Path) -> Site:
         courses_dir=(path.parent / _get(raw, "courses_dir", "site", str, "../courses")).resolve(),
         workshops=_load_workshops(raw, accounts, qos, partitions),
         nodes=nodes,
+        usage=_load_usage(raw, accounts),
         raw=raw,
     )
     return site

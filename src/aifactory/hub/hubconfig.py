@@ -17,6 +17,7 @@ from aifactory.site import Site
 
 CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
 WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
+USAGE_PORT = int(os.environ.get("AIFACTORY_USAGE_PORT", "10103"))
 
 
 def default_hub_bind_url(site: Site, port: int = 8081) -> str:
@@ -93,7 +94,8 @@ def apply_groups_and_roles(c, site: Site) -> None:
         {
             "name": "user",
             "description": "Every user: their own servers, and the course catalogue",
-            "scopes": ["self", "access:services!service=catalogue"],
+            # the usage page itself says who may see which accounts (a clear 403 for the rest)
+            "scopes": ["self", "access:services!service=catalogue", "access:services!service=usage"],
         },
         {
             "name": "instructor",
@@ -146,6 +148,15 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
                         "--db", workshops_db_url(state_dir),
                         "--helper", f"sudo -n {venv}/bin/aifactory-privileged"],
             "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],
+        },
+        {
+            "name": "usage",
+            "display": True,
+            "url": f"http://127.0.0.1:{USAGE_PORT}",
+            "command": [python, "-m", "aifactory.services.usage", "--site", str(site.path)],
+            "oauth_no_confirm": True,
+            # the groups say who is an admin; the site file names the account managers
             "oauth_client_allowed_scopes": ["read:users:groups!user"],
         },
     ]
