@@ -28,7 +28,8 @@ from aifactory.site import load_site  # noqa: E402
 
 SITE_FILE = ROOT / "hub_config" / "site.yaml"
 TEST_USER_PREFIX = "t-"
-TEST_SITE_FILE = Path("/tmp/aifactory-tests/site.yaml")
+# one per checkout: checkouts whose site files differ (new keys) may run tests side by side
+TEST_SITE_FILE = Path("/tmp/aifactory-tests") / f"site-{ROOT.name}.yaml"
 
 
 def write_test_site() -> Path:

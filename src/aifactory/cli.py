@@ -56,6 +56,13 @@ def cmd_courses(args) -> int:
     return courses.cli(args, _site(args))
 
 
+def cmd_accounts(args) -> int:
+    from aifactory.slurm import accounts
+
+    # _site validates first: an invalid site file changes nothing in Slurm
+    return accounts.cli(args, _site(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     parser.add_argument("--site", default=default_site(),
@@ -72,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     site.set_defaults(func=cmd_site)
 
     from aifactory.courses import add_cli
+    from aifactory.slurm import accounts
     from aifactory.workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
+    accounts.add_cli(sub, cmd_accounts)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
 
     args = parser.parse_args(argv)
