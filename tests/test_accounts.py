@@ -370,3 +370,79 @@ def test_gpu_hour_refusal_with_real_figures(slurm_cluster, tmp_path):
         validate({"gpus": 1, "hours": 1}, tiny, ctx)
     assert f"has used {energy.gpu_hours_used:.1f} of its 1 GPU-hours this month" in str(refused.value)
     assert validate({"gpus": 0, "partition": "cpu", "hours": 1}, tiny, ctx).gpus == 0
+
+
+# ---------------------------------------------------------------- the hub: form and REST API
+
+HUB_PORT = 22000  # this feature's port block: 22000-22499
+HUB_GPU_HOURS = 10  # regional-energy's monthly GPU-hours on the test hub
+
+
+@pytest.fixture(scope="module")
+def standing_hub(slurm_cluster, tmp_path_factory):
+    """A hub on this feature's ports whose site file gives regional-energy a small GPU-hour limit."""
+    from hubtools import Hub
+
+    state = tmp_path_factory.mktemp("accounts-hub")
+    raw = yaml.safe_load(HUB_SITE_FILE.read_text())
+    raw["accounts"]["regional"]["subaccounts"]["regional-energy"]["gpu_hours_per_month"] = HUB_GPU_HOURS
+    site_file = state / "site.yaml"
+    site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    site_file.chmod(0o644)
+    hub = Hub(state, site_file, port=HUB_PORT, extra_args=["--AIFactorySpawner.standing_cache_seconds=0"])
+    hub.start()
+    yield hub
+    hub.stop_all_servers()
+    hub.stop()
+
+
+@pytest.mark.slurm
+@pytest.mark.hub
+def test_rest_api_start_over_the_gpu_hours_is_refused_with_the_figures(standing_hub):
+    from hubtools import user_jobs
+
+    r = standing_hub.spawn("t-partner1", {"gpus": 2, "hours": 8})
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert "account 'regional-energy' has used" in message and f"of its {HUB_GPU_HOURS} GPU-hours" in message
+    assert "2 GPU(s) for 8 h need 16.0" in message
+    assert user_jobs("t-partner1") == []
+
+
+@pytest.mark.slurm
+@pytest.mark.hub
+@pytest.mark.browser
+@pytest.mark.slow
+def test_partner_sees_where_they_stand_in_the_spawn_form(standing_hub):
+    from conftest import chromium_path
+    from hubtools import PASSWORDS
+    from playwright.sync_api import sync_playwright
+
+    screenshot = ROOT / "docs" / "screenshots" / "form-standing.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(),
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.set_default_timeout(30_000)
+            page.goto(f"{standing_hub.url}/hub/login")
+            page.fill("#username_input", "t-partner1")
+            page.fill("#password_input", PASSWORDS["t-partner1"])
+            page.click("#login_submit")
+            page.wait_for_url("**/hub/**")
+            page.goto(f"{standing_hub.url}/hub/spawn")
+            row = page.wait_for_selector('#aif-standing tr[data-account="regional-energy"]')
+            assert row.query_selector(".aif-shares").inner_text() == "30 (30% of regional)"
+            factor = float(row.query_selector(".aif-fair-share").inner_text())
+            assert 0 <= factor <= 1
+            used = row.query_selector(".aif-gpu-hours").inner_text()
+            assert f" of {HUB_GPU_HOURS} (" in used and float(used.split()[0]) >= 0
+            rows = page.query_selector_all("#aif-standing tbody tr")
+            assert [r.get_attribute("data-account") for r in rows] == ["regional-energy"]
+            form = page.inner_text("#spawn_form")
+            assert "uni-" not in form and "university" not in form.lower()
+            page.locator(".aifactory-options").screenshot(path=screenshot)
+        finally:
+            browser.close()
