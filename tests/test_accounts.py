@@ -398,19 +398,6 @@ def standing_hub(slurm_cluster, tmp_path_factory):
 
 @pytest.mark.slurm
 @pytest.mark.hub
-def test_rest_api_start_over_the_gpu_hours_is_refused_with_the_figures(standing_hub):
-    from hubtools import user_jobs
-
-    r = standing_hub.spawn("t-partner1", {"gpus": 2, "hours": 8})
-    assert r.status_code == 400, r.text
-    message = r.json()["message"]
-    assert "account 'regional-energy' has used" in message and f"of its {HUB_GPU_HOURS} GPU-hours" in message
-    assert "2 GPU(s) for 8 h need 16.0" in message
-    assert user_jobs("t-partner1") == []
-
-
-@pytest.mark.slurm
-@pytest.mark.hub
 @pytest.mark.browser
 @pytest.mark.slow
 def test_partner_sees_where_they_stand_in_the_spawn_form(standing_hub):
@@ -446,3 +433,40 @@ def test_partner_sees_where_they_stand_in_the_spawn_form(standing_hub):
             page.locator(".aifactory-options").screenshot(path=screenshot)
         finally:
             browser.close()
+
+
+def hub_log(hub) -> str:
+    return (hub.state / "hub.log").read_text(errors="replace")
+
+
+@pytest.mark.slurm
+@pytest.mark.hub
+def test_rest_api_start_over_the_gpu_hours_is_refused_with_the_figures(standing_hub):
+    submitted = hub_log(standing_hub).count("Job submitted")
+    r = standing_hub.spawn("t-partner1", {"gpus": 2, "hours": 8})
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert "account 'regional-energy' has used" in message and f"of its {HUB_GPU_HOURS} GPU-hours" in message
+    assert "2 GPU(s) for 8 h need 16.0" in message
+    # refused before sbatch (the test users are shared: another checkout's hub may run their jobs)
+    assert "Refused options for t-partner1" in hub_log(standing_hub)
+    assert hub_log(standing_hub).count("Job submitted") == submitted
+    standing_hub.stop_all_servers()
+
+
+@pytest.mark.slurm
+@pytest.mark.hub
+@pytest.mark.slow
+def test_a_start_within_the_limits_runs(standing_hub):
+    """The standing queries ride along a real start (CPU partition: the shared cluster's GPUs may be busy)."""
+    from hubtools import user_jobs
+
+    before = {j["job_id"] for j in user_jobs("t-partner1")}
+    try:
+        r = standing_hub.spawn("t-partner1", {"partition": "cpu", "gpus": 0, "cpus": 1, "memory_gb": 1, "hours": 1})
+        assert r.status_code in (201, 202), r.text
+        standing_hub.wait_ready("t-partner1")
+        new = [j for j in user_jobs("t-partner1") if j["job_id"] not in before]
+        assert [(j["account"], j["partition"], j["state"]) for j in new] == [("regional-energy", "cpu", "RUNNING")]
+    finally:
+        standing_hub.stop_all_servers()
