@@ -56,6 +56,13 @@ def cmd_courses(args) -> int:
     return courses.cli(args, _site(args))
 
 
+def cmd_accounts(args) -> int:
+    from aifactory.slurm import accounts
+
+    # _site validates first: an invalid site file changes nothing in Slurm
+    return accounts.cli(args, _site(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aifactory", description=__doc__)
     parser.add_argument("--site", default=default_site(),
@@ -73,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from aifactory.courses import add_cli
     from aifactory.services import usage_report
+    from aifactory.slurm import accounts
     from aifactory.workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
+    accounts.add_cli(sub, cmd_accounts)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
     usage_report.add_cli(sub, lambda args: usage_report.cli(args, _site(args)))
 

@@ -57,6 +57,8 @@ class Account:
     shares: int
     description: str = ""
     parent: str = ""
+    # GPU-hours the account (with its sub-accounts) may use per month; None = no limit
+    gpu_hours_per_month: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,26 +233,43 @@ def _load_partitions(raw: dict) -> dict[str, Partition]:
     return partitions
 
 
+def _gpu_hours(spec: dict, where: str) -> int | None:
+    if "gpu_hours_per_month" not in spec:
+        return None
+    return _positive(_get(spec, "gpu_hours_per_month", where, int), f"{where}.gpu_hours_per_month")
+
+
+def _account_name(name: str, where: str) -> str:
+    _name(name, where)
+    if name == "root":
+        raise SiteError(f"{where}: 'root' is Slurm's own top account; choose another name")
+    return name
+
+
 def _load_accounts(raw: dict) -> dict[str, Account]:
     accounts = {}
     for name, spec in _get(raw, "accounts", "site", dict).items():
         where = f"accounts.{name}"
-        _name(name, where)
-        _check_unknown(spec, {"shares", "description", "subaccounts"}, where)
+        _account_name(name, where)
+        _check_unknown(spec, {"shares", "description", "subaccounts", "gpu_hours_per_month"}, where)
+        if name in accounts:
+            raise SiteError(f"{where}: account {name!r} is defined twice")
         accounts[name] = Account(
-            name, _get(spec, "shares", where, int), _get(spec, "description", where, str, "")
+            name, _positive(_get(spec, "shares", where, int), f"{where}.shares"),
+            _get(spec, "description", where, str, ""), gpu_hours_per_month=_gpu_hours(spec, where),
         )
         for sub, subspec in _get(spec, "subaccounts", where, dict, {}).items():
             subwhere = f"{where}.subaccounts.{sub}"
-            _name(sub, subwhere)
-            if sub in accounts:
+            _account_name(sub, subwhere)
+            if sub in accounts or sub in raw["accounts"]:
                 raise SiteError(f"{subwhere}: account {sub!r} is defined twice")
-            _check_unknown(subspec, {"shares", "description"}, subwhere)
+            _check_unknown(subspec, {"shares", "description", "gpu_hours_per_month"}, subwhere)
             accounts[sub] = Account(
                 sub,
-                _get(subspec, "shares", subwhere, int),
+                _positive(_get(subspec, "shares", subwhere, int), f"{subwhere}.shares"),
                 _get(subspec, "description", subwhere, str, ""),
                 parent=name,
+                gpu_hours_per_month=_gpu_hours(subspec, subwhere),
             )
     return accounts
 

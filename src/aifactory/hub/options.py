@@ -17,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from aifactory.site import Site
 from aifactory.slurm.queries import Association, GpuAvailability, Reservation, SliceAvailability
+from aifactory.slurm.standing import AccountStanding, ancestors
 
 OPTION_KEYS = ("partition", "account", "qos", "gpu_type", "gpus", "gpu_slices", "cpus", "memory_gb", "hours",
                "reservation", "course")
@@ -91,6 +92,8 @@ class UserContext:
     slices: SliceAvailability | None = None
     # course slug -> WorkshopBooking of a workshop the user takes part in (see workshops.store)
     workshops: dict = field(default_factory=dict)
+    # account -> shares, fair-share factor, GPU-hours this month (slurm.standing.user_standing)
+    standing: dict[str, AccountStanding] = field(default_factory=dict)
 
     @property
     def accounts(self) -> list[str]:
@@ -241,8 +244,29 @@ def validate(raw, site: Site, ctx: UserContext) -> SessionOptions:
     if reservation:
         _choice("reservation", reservation, [r.name for r in ctx.usable_reservations()], "reservation")
     minutes = min(hours * 60, booking.minutes_left) if booking else 0
+    _check_gpu_hours(site, ctx, account, gpus, minutes or hours * 60)
     return SessionOptions(partition, account, qos, gpu_type, gpus, cpus, memory_gb, hours,
                           reservation, course_slug, gpu_slices, minutes)
+
+
+def _check_gpu_hours(site: Site, ctx: UserContext, account: str, gpus: int, minutes: int) -> None:
+    """used + requested GPUs x hours must stay within the account's (and its parents') monthly GPU-hours."""
+    if not gpus:
+        return
+    requested = gpus * minutes / 60
+    for name in ancestors(site, account):
+        limit = site.accounts[name].gpu_hours_per_month
+        if limit is None:
+            continue
+        figures = ctx.standing.get(name)
+        if figures is None:  # unknown usage: refuse rather than overrun a partner's contingent
+            raise OptionsError("account", f"the GPU-hours account {name!r} used this month are not known "
+                                          "right now; please try again in a minute")
+        used = figures.gpu_hours_used
+        if used + requested > limit:
+            raise OptionsError("gpus", f"account {name!r} has used {used:.1f} of its {limit} GPU-hours this month "
+                                       f"({max(limit - used, 0):.1f} left); {gpus} GPU(s) for {minutes / 60:g} h "
+                                       f"need {requested:.1f}. Ask for fewer GPUs or hours, or use another account")
 
 
 def _check_slices(site: Site, partition: str, qos: str, gpu_type: str, gpus: int, gpu_slices: int) -> None:
@@ -288,6 +312,9 @@ def render_form(site: Site, ctx: UserContext, previous: dict | None = None) -> s
             if association.account in site.accounts else "",
             "qos": [q for q in association.qos if q in site.qos],
             "default_qos": association.default_qos,
+            "standing": ctx.standing.get(association.account),
+            "parent": site.accounts[association.account].parent
+            if association.account in site.accounts else "",
         })
     gpu_types = []
     for gpu in site.gpu_types.values():

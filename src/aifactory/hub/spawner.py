@@ -40,6 +40,7 @@ from aifactory.hub.options import (
 from aifactory.site import USERNAME_RE, load_site
 from aifactory.slurm import queries as slurm
 from aifactory.slurm.poller import JobPoller, shared_poller
+from aifactory.slurm.standing import user_standing
 
 handlers.install()
 
@@ -89,6 +90,12 @@ class AIFactorySpawner(SlurmSpawner):
     context_cache_seconds = Float(
         30.0,
         help="How long the user's Slurm associations are cached for the form and validation.",
+    ).tag(config=True)
+
+    standing_cache_seconds = Float(
+        30.0,
+        help="How long sshare/sacct answers (shares, fair-share factor, GPU-hours this month) are cached "
+        "for the form and the GPU-hour check.",
     ).tag(config=True)
 
     workshops_db = Unicode(
@@ -197,11 +204,13 @@ class AIFactorySpawner(SlurmSpawner):
             associations, reservations, (gpus, slices) = await asyncio.gather(
                 slurm.user_associations(username), slurm.reservations(), slurm.gpu_availability()
             )
+            standing = await user_standing(username, [a.account for a in associations], self.site,
+                                           self.standing_cache_seconds)
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             raise web.HTTPError(503, f"The cluster did not answer ({e}); please try again in a minute.") from e
         courses, _ = load_courses(self.site)
         ctx = UserContext(username, associations, reservations, gpus, courses, slices,
-                          self.workshop_store.bookings_for(username) if self.workshop_store else {})
+                          self.workshop_store.bookings_for(username) if self.workshop_store else {}, standing)
         self._context = (now, ctx)
         return ctx
 

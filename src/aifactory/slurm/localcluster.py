@@ -22,7 +22,8 @@ from pathlib import Path
 from aifactory.security import DEMO_PASSWORDS_FILE, ensure_demo_passwords
 from aifactory.site import Node as SiteNode
 from aifactory.site import Site
-from aifactory.slurm import netns
+from aifactory.slurm import accounts, netns
+from aifactory.slurm.queries import SlurmCommandError, SlurmUnavailable
 
 SLURM_ETC = Path("/etc/slurm")
 STATE = Path("/var/lib/slurm")
@@ -336,29 +337,12 @@ def sacctmgr(*args: str) -> None:
 
 
 def configure_accounting(site: Site) -> None:
+    """Accounts, fair-share, QOS and the demo users' associations: ``aifactory accounts apply``."""
     log("configuring accounts, fair-share and QOS")
-    for qos in site.qos.values():
-        sacctmgr("add", "qos", qos.name)
-        per_user = f"gres/gpu={qos.max_gpus_per_user}"
-        if site.total_gpu_slices:
-            per_user += f",gres/shard={qos.max_gpu_slices_per_user}"
-        sacctmgr("modify", "qos", qos.name, "set",
-                 f"MaxWall={qos.max_hours}:00:00",
-                 f"MaxTRESPerUser={per_user}",
-                 f"Priority={qos.priority}")
-    for account in site.accounts.values():
-        args = ["add", "account", account.name, f"Cluster={site.cluster_name}",
-                f"Description={account.description or account.name}", f"Fairshare={account.shares}"]
-        if account.parent:
-            args.append(f"Parent={account.parent}")
-        sacctmgr(*args)
-        sacctmgr("modify", "account", account.name, "set", f"Fairshare={account.shares}")
-    for user in site.demo_users.values():
-        for account in (user.account, *user.extra_accounts):
-            sacctmgr("add", "user", user.name, f"Account={account}", f"Cluster={site.cluster_name}")
-        sacctmgr("modify", "user", user.name, "set", f"DefaultAccount={user.account}")
-        sacctmgr("modify", "user", user.name, "set", f"QOS={','.join(user.qos)}",
-                 f"DefaultQOS={user.qos[0]}")
+    try:
+        accounts.apply(site, say=lambda change: log(f"  {change}"))
+    except (accounts.AccountsError, SlurmCommandError, SlurmUnavailable) as e:
+        raise ClusterError(f"accounts: {e}") from e
 
 
 def node_states() -> dict[str, str]:

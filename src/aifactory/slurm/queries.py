@@ -362,6 +362,7 @@ PENDING_REASONS = {
     "QOSMaxGRESPerUser": "you already use the most GPUs your QOS allows at once; stop another session",
     "QOSMaxGRESPerUserLimit": "you already use the most GPUs your QOS allows at once; stop another session",
     "AssocGrpGRES": "your account's GPU quota is in use",
+    "AssocGrpGRESMinutes": "your account has used up its GPU-hours (GrpTRESMins); ask its manager",
     "AssocMaxJobsLimit": "you have reached the maximum number of jobs of your account",
     "QOSMaxWallDurationPerJobLimit": "the wall time is longer than your QOS allows",
     "PartitionTimeLimit": "the wall time is longer than the partition allows",
