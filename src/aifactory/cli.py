@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     site.set_defaults(func=cmd_site)
 
     from aifactory.courses import add_cli
+    from aifactory.data.cli import add_cli as add_data_cli
     from aifactory.workshops import client as workshop_client
 
     add_cli(sub, cmd_courses)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
+    add_data_cli(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)
