@@ -27,6 +27,7 @@ class Hub:
     proxy_api_port = 18001
     catalogue_port = 18101
     workshops_port = 18102
+    data_port = 18103
     poll_interval = 3
     max_queue_wait = 15
 
@@ -34,6 +35,7 @@ class Hub:
         if port:
             self.port, self.hub_port, self.proxy_api_port, self.catalogue_port = port, port + 81, port + 1, port + 101
             self.workshops_port = port + 102
+            self.data_port = port + 103
         self.extra_args = list(extra_args or [])
         self.state = Path(state)
         self.site_file = Path(site_file).resolve()
@@ -58,6 +60,7 @@ class Hub:
             AIFACTORY_HUB_BIND_URL=f"http://{hub_address(self.site)}:{self.hub_port}",
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
             AIFACTORY_WORKSHOPS_PORT=str(self.workshops_port),
+            AIFACTORY_DATA_PORT=str(self.data_port),
             AIFACTORY_SITE=str(self.site_file),
             # the hub runs the code of this checkout, not whatever copy the venv holds
             PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),
