@@ -368,3 +368,28 @@ def test_data_page_shows_badges_and_who_may_use_what(data_hub):
     assert seen["t-admin1"][0] == "yes" and seen["t-admin1"][2] == 1
     assert seen["t-student1"][0] == "no" and seen["t-student1"][2] == 0
     assert "granted to Slurm account regional-health" in seen["t-student1"][1]
+
+
+def test_account_users_parses_sacctmgr_output():
+    from aifactory.slurm.queries import parse_account_users
+
+    # `sacctmgr -n -P show assoc format=account,user` on the local cluster
+    text = "root|\nroot|root\nregional|\nregional-health|\nregional-health|admin1\nregional-health|t-admin1\n" \
+           "uni-teaching|t-student1\n"
+    members = parse_account_users(text)
+    assert members["regional-health"] == {"admin1", "t-admin1"}
+    assert members["regional"] == set() and members["uni-teaching"] == {"t-student1"}
+
+
+def test_hub_config_runs_the_data_page_for_every_user(site):
+    from traitlets.config import Config
+
+    from aifactory.hub.hubconfig import apply_site
+
+    c = Config()
+    apply_site(c, site)
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["data"]["command"][-3:] == ["aifactory.services.data", "--site", str(site.path)]
+    assert services["data"]["oauth_client_allowed_scopes"] == ["read:users:groups!user"]
+    user_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "user")
+    assert "access:services!service=data" in user_role["scopes"]

@@ -460,6 +460,11 @@ def publish(site: Site, target: Path) -> tuple[list[str], list[str]]:
     (staging / "courses").mkdir(parents=True)
     # jobs only need the courses and limits, not the local demo's users
     raw = {k: v for k, v in site.raw.items() if k != "demo_users"} | {"courses_dir": "courses"}
+    if site.data.registry and site.data.registry.is_file():
+        # courses name registered datasets: the copy checks them against the same registry
+        shutil.copy2(site.data.registry, staging / "datasets.yaml")
+        raw["data"] = {"registry": "datasets.yaml", "root": str(site.data.root),
+                       "group_prefix": site.data.group_prefix}
     (staging / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for course in courses.values():
         shutil.copytree(course.path, staging / "courses" / course.slug,
