@@ -393,3 +393,12 @@ def test_hub_config_runs_the_data_page_for_every_user(site):
     assert services["data"]["oauth_client_allowed_scopes"] == ["read:users:groups!user"]
     user_role = next(r for r in c.JupyterHub.load_roles if r["name"] == "user")
     assert "access:services!service=data" in user_role["scopes"]
+
+
+@pytest.mark.slurm
+def test_only_root_publishes(published):
+    result = subprocess.run(["sudo", "-u", "t-admin1", "env", f"PYTHONPATH={SRC}", PYTHON, "-m", "aifactory.cli",
+                             "--site", str(published), "data", "publish"], capture_output=True, text=True,
+                            cwd="/tmp", timeout=120)
+    assert result.returncode == 1
+    assert "publishing sets file owners and unix groups: run it as root" in result.stderr
