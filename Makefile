@@ -51,6 +51,8 @@ install:
 
 publish: install
 	$(VENV)/bin/aifactory --site hub_config/site.yaml courses publish
+	# the registered datasets (the course notebooks load them), with their unix permissions
+	$(VENV)/bin/aifactory --site hub_config/site.yaml data publish
 
 cluster: install
 	$(VENV)/bin/aifactory --site hub_config/site.yaml cluster start

@@ -28,6 +28,7 @@ class Hub:
     catalogue_port = 18101
     workshops_port = 18102
     usage_port = 18103
+    data_port = 18104
     poll_interval = 3
     max_queue_wait = 15
 
@@ -36,6 +37,7 @@ class Hub:
             self.port, self.hub_port, self.proxy_api_port, self.catalogue_port = port, port + 81, port + 1, port + 101
             self.workshops_port = port + 102
             self.usage_port = port + 103
+            self.data_port = port + 104
         self.extra_args = list(extra_args or [])
         self.state = Path(state)
         self.site_file = Path(site_file).resolve()
@@ -61,6 +63,7 @@ class Hub:
             AIFACTORY_CATALOGUE_PORT=str(self.catalogue_port),
             AIFACTORY_WORKSHOPS_PORT=str(self.workshops_port),
             AIFACTORY_USAGE_PORT=str(self.usage_port),
+            AIFACTORY_DATA_PORT=str(self.data_port),
             AIFACTORY_SITE=str(self.site_file),
             # the hub runs the code of this checkout, not whatever copy the venv holds
             PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     site.set_defaults(func=cmd_site)
 
     from aifactory.courses import add_cli
+    from aifactory.data.cli import add_cli as add_data_cli
     from aifactory.services import usage_report
     from aifactory.slurm import accounts
     from aifactory.workshops import client as workshop_client
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     accounts.add_cli(sub, cmd_accounts)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
     usage_report.add_cli(sub, lambda args: usage_report.cli(args, _site(args)))
+    add_data_cli(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -73,6 +73,7 @@ class Course:
     prerequisites: tuple[str, ...]
     resources: CourseResources
     notebooks: tuple[str, ...]
+    datasets: tuple[str, ...] = ()  # registered datasets (hub_config/datasets.yaml) the notebooks load
 
     @property
     def requires_gpu(self) -> bool:
@@ -218,7 +219,7 @@ def load_course(folder: Path, site: Site, problems: CourseProblems | None = None
         problems.add(where, "must be a mapping of fields")
         return None
     known = {"title", "summary", "level", "audience", "estimated_duration_hours", "objectives",
-             "prerequisites", "resources", "notebooks"}
+             "prerequisites", "resources", "notebooks", "datasets"}
     for key in sorted(set(raw) - known):
         problems.add(where, f"unknown field '{key}'")
     title = _field(raw, "title", str, where, problems)
@@ -245,10 +246,41 @@ def load_course(folder: Path, site: Site, problems: CourseProblems | None = None
     for extra in sorted(folder.glob("*.ipynb")):
         if extra.name not in notebooks:
             problems.add(str(extra), "notebook is not listed in course.yaml 'notebooks'")
+    datasets = _check_datasets(raw, where, site, problems) if "datasets" in raw else ()
     if len(problems.errors) > before:
         return None
     return Course(slug, folder, title, summary, level, audience, duration, objectives, prerequisites,
-                  resources, notebooks)
+                  resources, notebooks, datasets)
+
+
+def _check_datasets(raw: dict, where: str, site: Site, problems: CourseProblems) -> tuple[str, ...]:
+    """Every dataset is registered and readable by the course's audience.
+
+    A course is offered to everyone who opens the catalogue, whatever their Slurm account, so
+    every account of the site must be allowed to read its datasets (in practice: open datasets).
+    """
+    from aifactory.data.registry import RegistryError, load_registry
+
+    names = _string_list(raw, "datasets", where, problems)
+    if not names:
+        return ()
+    try:
+        registry, _ = load_registry(site)
+    except RegistryError as e:
+        problems.add(where, f"datasets: the data registry is unreadable ({e})")
+        return ()
+    for name in names:
+        dataset = registry.datasets.get(name)
+        if dataset is None:
+            problems.add(where, f"datasets: {name!r} is not a valid registered dataset "
+                                f"(registered: {', '.join(registry.datasets) or 'none'}; aifactory data check)")
+            continue
+        refused = [account for account in site.accounts if not dataset.may_read([account], [])]
+        if refused:
+            problems.add(where, f"datasets: {name!r} is {dataset.sensitivity} (granted to {dataset.granted_by()}) "
+                                f"but the course's audience includes accounts that may not read it: "
+                                f"{', '.join(refused)}")
+    return names
 
 
 def load_courses(site: Site, courses_dir: Path | None = None) -> tuple[dict[str, Course], list[str]]:
@@ -428,6 +460,11 @@ def publish(site: Site, target: Path) -> tuple[list[str], list[str]]:
     (staging / "courses").mkdir(parents=True)
     # jobs only need the courses and limits, not the local demo's users
     raw = {k: v for k, v in site.raw.items() if k != "demo_users"} | {"courses_dir": "courses"}
+    if site.data.registry and site.data.registry.is_file():
+        # courses name registered datasets: the copy checks them against the same registry
+        shutil.copy2(site.data.registry, staging / "datasets.yaml")
+        raw["data"] = {"registry": "datasets.yaml", "root": str(site.data.root),
+                       "group_prefix": site.data.group_prefix}
     (staging / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     for course in courses.values():
         shutil.copytree(course.path, staging / "courses" / course.slug,

@@ -106,6 +106,16 @@ class UsageSettings:
 
 
 @dataclass(frozen=True)
+class DataSettings:
+    """The trusted-data catalogue (the ``data`` section): registry file and published data root."""
+
+    registry: Path | None = None  # datasets.yaml; None: the site has no registered datasets
+    root: Path = Path("/srv/aifactory-data")
+    # unix groups that grant read access to restricted datasets: PREFIX + dataset name
+    group_prefix: str = "aifd-"
+
+
+@dataclass(frozen=True)
 class DemoUser:
     name: str
     account: str
@@ -137,6 +147,7 @@ class Site:
     nodes: tuple[Node, ...] = ()
     reconcile_seconds: int = 60
     usage: UsageSettings = field(default_factory=UsageSettings)
+    data: DataSettings = field(default_factory=DataSettings)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -415,6 +426,30 @@ def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...
     return tuple(nodes)
 
 
+GROUP_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,11}$")
+
+
+def _load_data(raw: dict, site_dir: Path) -> DataSettings:
+    """``data: {registry: datasets.yaml, root: /srv/aifactory-data}``; old site files have none."""
+    spec = _get(raw, "data", "site", dict, {})
+    _check_unknown(spec, {"registry", "root", "group_prefix"}, "data")
+    default_registry = site_dir / "datasets.yaml"
+    registry = _get(spec, "registry", "data", str, "")
+    # existence is checked where the registry is read: a published copy of the site file (for
+    # jobs) comes without it
+    if registry:
+        registry_path = (site_dir / registry).resolve()
+    else:
+        registry_path = default_registry if default_registry.is_file() else None
+    root = _get(spec, "root", "data", str, str(DataSettings.root))
+    if not root.startswith("/") or ".." in Path(root).parts or Path(root) == Path("/"):
+        raise SiteError(f"data.root: must be an absolute folder other than /, got {root!r}")
+    prefix = _get(spec, "group_prefix", "data", str, DataSettings.group_prefix)
+    if not GROUP_PREFIX_RE.match(prefix):
+        raise SiteError(f"data.group_prefix: {prefix!r} must be 1-12 lower-case letters, digits, - or _")
+    return DataSettings(registry_path, Path(root), prefix)
+
+
 def load_site(path: str | Path) -> Site:
     """Read and validate a site file. Raises SiteError naming the bad key."""
     path = Path(path).resolve()
@@ -429,7 +464,7 @@ def load_site(path: str | Path) -> Site:
     _check_unknown(
         raw,
         {"cluster", "gpu_types", "partitions", "accounts", "qos", "limits", "spawn", "groups",
-         "demo_users", "authentication", "culler", "courses_dir", "workshops", "usage"},
+         "demo_users", "authentication", "culler", "courses_dir", "workshops", "usage", "data"},
         "site",
     )
     cluster = _get(raw, "cluster", "site", dict)
@@ -471,6 +506,7 @@ def load_site(path: str | Path) -> Site:
         workshops=_load_workshops(raw, accounts, qos, partitions),
         nodes=nodes,
         usage=_load_usage(raw, accounts),
+        data=_load_data(raw, path.parent),
         raw=raw,
     )
     return site

@@ -18,6 +18,7 @@ from aifactory.site import Site
 CATALOGUE_PORT = int(os.environ.get("AIFACTORY_CATALOGUE_PORT", "10101"))
 WORKSHOPS_PORT = int(os.environ.get("AIFACTORY_WORKSHOPS_PORT", "10102"))
 USAGE_PORT = int(os.environ.get("AIFACTORY_USAGE_PORT", "10103"))
+DATA_PORT = int(os.environ.get("AIFACTORY_DATA_PORT", "10104"))
 
 
 def default_hub_bind_url(site: Site, port: int = 8081) -> str:
@@ -93,9 +94,10 @@ def apply_groups_and_roles(c, site: Site) -> None:
     c.JupyterHub.load_roles = [
         {
             "name": "user",
-            "description": "Every user: their own servers, and the course catalogue",
+            "description": "Every user: their own servers, the course and data catalogues",
             # the usage page itself says who may see which accounts (a clear 403 for the rest)
-            "scopes": ["self", "access:services!service=catalogue", "access:services!service=usage"],
+            "scopes": ["self", "access:services!service=catalogue", "access:services!service=usage",
+                       "access:services!service=data"],
         },
         {
             "name": "instructor",
@@ -139,6 +141,15 @@ def apply_services(c, site: Site, venv: str, state_dir: str | None = None) -> No
             # the user's roles allow: the hub intersects these with the user's own scopes
             "oauth_client_allowed_scopes": ["read:users:groups!user", "read:servers!user", "list:users",
                                             "read:users", "read:servers"],
+        },
+        {
+            "name": "data",
+            "display": True,
+            "url": f"http://127.0.0.1:{DATA_PORT}",
+            "command": [python, "-m", "aifactory.services.data", "--site", str(site.path)],
+            "oauth_no_confirm": True,
+            # the page shows whether *you* may use each dataset: it needs the user's groups
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],
         },
         {
             "name": "workshops",

@@ -92,6 +92,23 @@ async def user_associations(username: str) -> list[Association]:
     return parse_associations(assoc, user.strip().splitlines()[0] if user.strip() else "")
 
 
+def parse_account_users(assoc_text: str) -> dict[str, set[str]]:
+    """``sacctmgr -n -P show assoc format=account,user``: account -> its users."""
+    members: dict[str, set[str]] = {}
+    for line in assoc_text.splitlines():
+        account, _, user = line.strip().partition("|")
+        if account:
+            members.setdefault(account, set())
+            if user:
+                members[account].add(user)
+    return members
+
+
+async def account_users() -> dict[str, set[str]]:
+    """Every account's users, as the accounting database has them."""
+    return parse_account_users(await run(["sacctmgr", "-n", "-P", "show", "assoc", "format=account,user"]))
+
+
 # ---------------------------------------------------------------- GPUs (sinfo)
 
 
