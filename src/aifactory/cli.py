@@ -1,4 +1,4 @@
-"""The ``aifactory`` command: local cluster, site file and course tools."""
+"""The ``aifactory`` command: local cluster, site file, course tools and batch runs of notebooks."""
 
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_cli(sub, cmd_courses)
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
+    from aifactory.runs.cli import add_cli as add_runs_cli
+
+    add_runs_cli(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)
