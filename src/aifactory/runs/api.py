@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import pwd
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,6 +98,18 @@ def _sync(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
+def _query(make_coroutine, attempts: int = 4):
+    """A read-only Slurm query, retried while the controller restarts (it refuses for a few seconds)."""
+    for attempt in range(attempts):
+        try:
+            return _sync(make_coroutine())
+        except slurm.SlurmUnavailable:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2 + 3 * attempt)
+    raise AssertionError("unreachable")
+
+
 def _user() -> pwd.struct_passwd:
     return pwd.getpwuid(os.geteuid())
 
@@ -122,7 +135,7 @@ async def user_context(username: str) -> UserContext:
 def validate_resources(resources: dict | None, site: Site) -> SessionOptions:
     """The resources of a run, validated by the spawn form's validator."""
     try:
-        ctx = _sync(user_context(_user().pw_name))
+        ctx = _query(lambda: user_context(_user().pw_name))
     except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
         raise RunError(f"the cluster did not answer ({e}); nothing was submitted") from e
     try:
@@ -209,7 +222,8 @@ async def _slurm_view(username: str, job_ids: list[str]):
 def _runs(folders: list[Path]) -> list[Run]:
     plans = [(folder, store.read_json(folder / "run.json")) for folder in folders]
     try:
-        queued, accounted = _sync(_slurm_view(_user().pw_name, [p["job_id"] for _, p in plans if p["job_id"]]))
+        job_ids = [p["job_id"] for _, p in plans if p["job_id"]]
+        queued, accounted = _query(lambda: _slurm_view(_user().pw_name, job_ids))
     except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
         raise RunError(f"the cluster did not answer ({e}); try again in a minute") from e
     result = []
@@ -270,8 +284,6 @@ def collect(run_id: str, site: Site | str | None = None) -> list[dict]:
 def wait(run_id: str, on_progress: Callable[[Run], None] | None = None, poll_seconds: float = 5.0,
          site: Site | str | None = None) -> Run:
     """Poll until every task has ended; ``on_progress`` gets the run whenever its task states change."""
-    import time
-
     last = None
     while True:
         run = show(run_id, site)

@@ -6,11 +6,12 @@ functions fed with real command output in the unit tests.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from aifactory.slurm.queries import SlurmCommandError, _slurm_time, run
+from aifactory.slurm.queries import SlurmCommandError, SlurmUnavailable, _slurm_time, run
 
 JOB_ID_RE = re.compile(r"^\d{1,12}$")
 # squeue -r: one line per array task; %F array job id, %K task index ("N/A" for a plain job)
@@ -103,9 +104,23 @@ def parse_submitted(sbatch_text: str) -> str:
     return job_id
 
 
-async def submit_script(script: str) -> str:
-    """Submit a batch script (on stdin) as the calling user; returns the job id."""
-    return parse_submitted(await run(["sbatch", "--parsable"], input=script))
+# sbatch could not reach the controller at all: nothing was submitted, trying again is safe
+NOT_SUBMITTED_RE = re.compile(r"Unable to contact slurm controller|Connection refused")
+
+
+async def submit_script(script: str, attempts: int = 4) -> str:
+    """Submit a batch script (on stdin) as the calling user; returns the job id.
+
+    A controller that is restarting refuses connections for a few seconds: retried.
+    """
+    for attempt in range(attempts):
+        try:
+            return parse_submitted(await run(["sbatch", "--parsable"], input=script))
+        except SlurmUnavailable as e:
+            if attempt == attempts - 1 or not NOT_SUBMITTED_RE.search(str(e)):
+                raise
+            await asyncio.sleep(2 + 3 * attempt)
+    raise AssertionError("unreachable")
 
 
 async def queued_tasks(username: str) -> list[QueuedTask]:
