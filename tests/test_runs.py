@@ -58,6 +58,17 @@ def sacct_states(job_id: str) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
 
+def accounted_states(job_id: str, tasks: int) -> dict[str, str]:
+    """sacct's states once accounting holds every task (slurmdbd records job ends a little later)."""
+    deadline = time.monotonic() + 60
+    while True:
+        states = sacct_states(job_id)
+        ended = len(states) >= tasks and not any(s in ("PENDING", "RUNNING", "COMPLETING") for s in states.values())
+        if ended or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
+
+
 def our_jobs_since(start: str) -> list[str]:
     """Jobs of the researcher submitted by `aifactory submit` since ``start`` (queued or accounted)."""
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-u", USER, "-S", start, "-o", "JobID,JobName,Submit"],
@@ -87,7 +98,8 @@ def test_a_sweep_runs_three_notebooks_and_collects_their_results(aifactory, tmp_
         injected = next(c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
         assert f"LR = {lr}" in "".join(injected["source"])
         assert os.stat(folder / f"task-{i}.ipynb").st_mode & 0o777 == 0o600
-    assert set(sacct_states(job_id).values()) == {"COMPLETED"} and len(sacct_states(job_id)) == 3
+    states = accounted_states(job_id, 3)
+    assert set(states.values()) == {"COMPLETED"} and len(states) == 3, states
 
     csv_file = f"/tmp/aifactory-runs-test-{os.getpid()}.csv"
     table = aifactory("runs", "collect", run_id, "--csv", csv_file).stdout.splitlines()
@@ -118,7 +130,7 @@ def test_a_failing_notebook_names_its_cell(aifactory):
     executed = json.loads((runs_folder() / run_id / "task-0.ipynb").read_text())
     errors = [c for c in executed["cells"] if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert len(errors) == 1 and "training diverged" in json.dumps(errors[0]["outputs"])
-    assert sacct_states(job_id) == {f"{job_id}_0": "FAILED"}
+    assert accounted_states(job_id, 1) == {f"{job_id}_0": "FAILED"}
     assert "FAILED" in aifactory("runs").stdout
 
 
@@ -129,8 +141,8 @@ def test_cancel_removes_the_whole_array(aifactory):
     assert len(queued.stdout.split()) == 6, queued.stdout
     shown = aifactory("runs", "show", run_id).stdout
     assert "PENDING" in shown or "RUNNING" in shown
-    # six tasks, throttle 4: at most four run at once, the rest wait for the array's limit
-    assert shown.count(" RUNNING ") <= 4
+    # six tasks, throttle 4: at most four run at once, the rest wait (and say why)
+    assert shown.count(" RUNNING ") <= 4 and "waiting: " in shown, shown
 
     assert f"cancelled run {run_id} (job array {job_id})" in aifactory("runs", "cancel", run_id).stdout
     deadline = time.monotonic() + 60

@@ -105,8 +105,7 @@ def cmd_submit(args) -> int:
         return 0
 
     def progress(current: api.Run) -> None:
-        counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(current.counts().items()))
-        print(f"{time.strftime('%H:%M:%S')} run {current.run_id}: {counts}", flush=True)
+        print(f"{time.strftime('%H:%M:%S')} run {current.run_id}: {_counts(current)}", flush=True)
 
     run = api.wait(run.run_id, progress, site=site)
     print_run(run)
@@ -127,12 +126,18 @@ def _detail(task: api.Task) -> str:
     return f"{task.elapsed} on {task.node}" if task.elapsed else ""
 
 
+def _counts(run: api.Run) -> str:
+    return ", ".join(f"{n} {state.lower()}" for state, n in sorted(run.counts().items()))
+
+
 def _run_detail(run: api.Run) -> str:
-    for state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "RUNNING", "PENDING"):
+    """One line: the first failure, else the tasks' states and why the first waiting one waits."""
+    for state in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PENDING", "RUNNING"):
         task = next((t for t in run.tasks if t.state == state), None)
         if task:
-            return f"task {task.index}: {_detail(task)}"
-    return ""
+            prefix = f"{_counts(run)}; " if len(run.tasks) > 1 else ""
+            return f"{prefix}task {task.index}: {_detail(task)}"
+    return _counts(run) if run.state == "CANCELLED" else ""
 
 
 def print_run(run: api.Run) -> None:
