@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aifactory.hub.options import SessionOptions
 from aifactory.runs import api, notebook, script
@@ -254,3 +256,28 @@ def test_runner_records_results_and_the_failing_cell(tmp_path, monkeypatch):
     assert record["failed_cell"]["index"] == 3
     assert record["failed_cell"]["error"] == "RuntimeError: training diverged at epoch 1"
     assert record["failed_cell"]["first_line"] == "for epoch in range(EPOCHS):"
+
+
+# ---------------------------------------------------------------- any text: refused by name, or JSON
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_value_text_is_refused_or_json(text):
+    try:
+        value = notebook.parse_value(text, "parameter X")
+    except RunInputError as e:
+        assert e.item == "parameter X"
+        return
+    assert json.loads(json.dumps(value, allow_nan=False)) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_any_sweep_text_is_refused_or_distinct_json_values(text):
+    try:
+        name, values = notebook.parse_sweep(text)
+    except RunInputError as e:
+        assert e.item.startswith("--sweep")
+        return
+    assert notebook.NAME_RE.match(name) and values
+    assert len({json.dumps(v, sort_keys=True, allow_nan=False) for v in values}) == len(values)
