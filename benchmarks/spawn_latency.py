@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import requests
 from benchtools import SITE_FILE, Hub, ours_args, percentile, standin, stock_args
 from hubtools import user_jobs
 
@@ -47,6 +48,31 @@ def job_times(user: str, job_id: str) -> tuple[float, float] | None:
     return None
 
 
+PHASES_RE = re.compile(r"Spawn phases of \S+ \(job \d+\): sbatch called ([\d.]+) s, returned ([\d.]+) s; "
+                       r"running seen ([\d.]+) s; port ([\d.]+) s; listening ([\d.]+) s")
+PHASES = ("sbatch called", "sbatch returned", "running seen", "port", "listening")
+
+
+def wait_ready(hub: Hub, user: str, timeout: float = 180) -> None:
+    """The server is ready, seen within 50 ms (hubtools' 0.5 s polls would blur the figures)."""
+    headers = {"Authorization": f"token {hub.token(user)}"}
+    deadline = time.monotonic() + timeout
+    with requests.Session() as session:
+        while time.monotonic() < deadline:
+            server = session.get(f"{hub.url}/hub/api/users/{user}", headers=headers, timeout=30).json()[
+                "servers"].get("")
+            if server and server.get("ready"):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{user}'s server not ready after {timeout} s")
+
+
+def phases(hub: Hub) -> dict[str, float]:
+    """Median seconds from the spawner's start() to each phase, from the hub's log (ours only)."""
+    found = [tuple(map(float, m.groups())) for m in PHASES_RE.finditer(hub.log_tail(100000))]
+    return {name: statistics.median(row[i] for row in found) for i, name in enumerate(PHASES)} if found else {}
+
+
 def measure(hub: Hub, user: str, options: dict, runs: int) -> tuple[list[float], list[float]]:
     ready_times, overheads = [], []
     for _ in range(runs):
@@ -54,7 +80,7 @@ def measure(hub: Hub, user: str, options: dict, runs: int) -> tuple[list[float],
         wall_start = time.time()
         r = hub.spawn(user, options)
         assert r.status_code in (201, 202), r.text
-        hub.wait_ready(user, timeout=180)
+        wait_ready(hub, user)
         elapsed = time.monotonic() - start
         ready_times.append(elapsed)
         job_id = max((j["job_id"] for j in user_jobs(user)), key=int)  # the newest: this spawn's
@@ -75,7 +101,7 @@ def main() -> None:
     parser.add_argument("--standin", action="store_true", help="stand-in servers instead of JupyterLab")
     args = parser.parse_args()
     kind = "standin" if args.standin else "lab"
-    results = {}
+    results, breakdown = {}, {}
     for label, extra, options, port in (("stock SlurmSpawner", stock_args(standin(kind)), {}, 19000),
                                         ("AIFactorySpawner", ours_args(kind), OURS_OPTIONS, 19200)):
         with tempfile.TemporaryDirectory() as state:
@@ -84,6 +110,7 @@ def main() -> None:
             try:
                 measure(hub, args.user, options, 1)  # warm-up: imports, first sbatch
                 results[label] = measure(hub, args.user, options, args.runs)
+                breakdown[label] = phases(hub)
             finally:
                 hub.stop_all_servers()
                 hub.stop()
@@ -92,6 +119,10 @@ def main() -> None:
         print(f"  {label:20s} time-to-ready p50 {statistics.median(times):6.2f} s  p95 {percentile(times, 0.95):6.2f} s"
               f"   hub-added overhead p50 {statistics.median(overheads) * 1000 if overheads else float('nan'):6.0f} ms"
               f"  p95 {percentile(overheads, 0.95) * 1000:6.0f} ms  ({len(overheads)} with job timestamps)")
+    for label, phase in breakdown.items():
+        if phase:
+            print(f"  {label} phases, median seconds after start(): "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in phase.items()))
     ours, stock = results["AIFactorySpawner"][0], results["stock SlurmSpawner"][0]
     print(f"  ratio ours/stock (p50 time-to-ready): {statistics.median(ours) / statistics.median(stock):.2f}")
 

@@ -74,13 +74,13 @@ BAD_OPTIONS = [
 
 @pytest.mark.parametrize("options,field", BAD_OPTIONS, ids=[f for _, f in BAD_OPTIONS])
 def test_bad_options_via_rest_api_are_refused(clean_hub, options, field):
-    before = subprocess.run(["sacct", "-X", "-n", "-a", "-o", "JobID"], capture_output=True, text=True).stdout
+    before = subprocess.run(["sacct", "-X", "-n", "-u", "t-student1", "-o", "JobID"], capture_output=True, text=True).stdout
     r = clean_hub.spawn("t-student1", options, name="bad")
     assert r.status_code == 400, r.text
     message = r.json()["message"]
     assert f"{field}:" in message, message
     assert clean_hub.server("t-student1", "bad") is None
-    after = subprocess.run(["sacct", "-X", "-n", "-a", "-o", "JobID"], capture_output=True, text=True).stdout
+    after = subprocess.run(["sacct", "-X", "-n", "-u", "t-student1", "-o", "JobID"], capture_output=True, text=True).stdout
     assert after == before, "a job was submitted for refused options"
 
 

@@ -1,4 +1,4 @@
-"""The ``aifactory`` command: local cluster, site file and course tools."""
+"""The ``aifactory`` command: local cluster, site file, course tools and batch runs of notebooks."""
 
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     workshop_client.add_cli(sub, lambda args: workshop_client.cli(args))
     usage_report.add_cli(sub, lambda args: usage_report.cli(args, _site(args)))
     add_data_cli(sub)
+    from aifactory.runs.cli import add_cli as add_runs_cli
+
+    add_runs_cli(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -116,6 +116,19 @@ class DataSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """Batch runs of notebooks (the ``runs`` section, ``aifactory submit``)."""
+
+    max_array_tasks: int = 20  # most tasks (parameter combinations) one sweep may have
+    array_throttle: int = 4  # tasks of one sweep running at once (the job array's %N)
+    folder: str = "aifactory-runs"  # under each user's home: one private folder per run
+
+
+# a folder name under the user's home: no path separators, no leading dot or dash
+RUNS_FOLDER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
 class DemoUser:
     name: str
     account: str
@@ -148,6 +161,7 @@ class Site:
     reconcile_seconds: int = 60
     usage: UsageSettings = field(default_factory=UsageSettings)
     data: DataSettings = field(default_factory=DataSettings)
+    runs: RunSettings = field(default_factory=RunSettings)
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -395,6 +409,26 @@ def _load_usage(raw: dict, accounts: dict[str, Account]) -> UsageSettings:
     return UsageSettings(partner, managers)
 
 
+def _load_runs(raw: dict) -> RunSettings:
+    spec = _get(raw, "runs", "site", dict, {})
+    where = "runs"
+    defaults = RunSettings()
+    _check_unknown(spec, {"max_array_tasks", "array_throttle", "folder"}, where)
+    settings = RunSettings(
+        max_array_tasks=_get(spec, "max_array_tasks", where, int, defaults.max_array_tasks),
+        array_throttle=_get(spec, "array_throttle", where, int, defaults.array_throttle),
+        folder=_get(spec, "folder", where, str, defaults.folder),
+    )
+    if settings.max_array_tasks < 1:
+        raise SiteError(f"{where}.max_array_tasks: must be at least 1, got {settings.max_array_tasks}")
+    if settings.array_throttle < 1:
+        raise SiteError(f"{where}.array_throttle: must be at least 1, got {settings.array_throttle}")
+    if not RUNS_FOLDER_RE.match(settings.folder) or ".." in settings.folder:
+        raise SiteError(f"{where}.folder: {settings.folder!r} must be one folder name under the home "
+                        "(letters, digits, _ . -; no /)")
+    return settings
+
+
 def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...]:
     """``cluster.nodes``, or one node with every GPU (``cluster.node_cpus`` / ``node_memory_mb``)."""
     if "nodes" not in cluster:
@@ -464,7 +498,7 @@ def load_site(path: str | Path) -> Site:
     _check_unknown(
         raw,
         {"cluster", "gpu_types", "partitions", "accounts", "qos", "limits", "spawn", "groups",
-         "demo_users", "authentication", "culler", "courses_dir", "workshops", "usage", "data"},
+         "demo_users", "authentication", "culler", "courses_dir", "workshops", "usage", "data", "runs"},
         "site",
     )
     cluster = _get(raw, "cluster", "site", dict)
@@ -507,6 +541,7 @@ def load_site(path: str | Path) -> Site:
         nodes=nodes,
         usage=_load_usage(raw, accounts),
         data=_load_data(raw, path.parent),
+        runs=_load_runs(raw),
         raw=raw,
     )
     return site

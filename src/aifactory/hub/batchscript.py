@@ -29,15 +29,7 @@ TEMPLATE = """\
 {% endif %}#SBATCH --output={{ homedir }}/.aifactory-session-%j.log
 #SBATCH --chdir={{ homedir }}
 #SBATCH --export={{ keepvars }}
-#SBATCH --partition={{ o.partition }}
-#SBATCH --account={{ o.account }}
-{% if o.qos %}#SBATCH --qos={{ o.qos }}
-{% endif %}#SBATCH --time={{ o.time_limit }}
-#SBATCH --cpus-per-task={{ o.cpus }}
-#SBATCH --mem={{ o.memory_gb }}G
-{% if o.gres %}#SBATCH --gres={{ o.gres }}
-{% endif %}{% if o.reservation %}#SBATCH --reservation={{ o.reservation }}
-{% endif %}
+{{ resources }}
 set -euo pipefail
 # private by default: course copies, notebooks and the session log are the user's alone
 # (slurmd creates the log before this line runs, so it is tightened explicitly)
@@ -49,6 +41,22 @@ echo "AI factory session: job $SLURM_JOB_ID on $(hostname) started $(date +%s.%N
 {% endif %}{{ srun }}{{ cmd }}
 echo "jupyterhub-singleuser ended gracefully"
 """
+
+def resource_directives(options: SessionOptions) -> str:
+    """The ``#SBATCH`` lines of the resources: sessions and batch runs share them.
+
+    Only ``SessionOptions`` (the output of ``options.validate``) reach these lines.
+    """
+    lines = [f"--partition={options.partition}", f"--account={options.account}"]
+    if options.qos:
+        lines.append(f"--qos={options.qos}")
+    lines += [f"--time={options.time_limit}", f"--cpus-per-task={options.cpus}", f"--mem={options.memory_gb}G"]
+    if options.gres:
+        lines.append(f"--gres={options.gres}")
+    if options.reservation:
+        lines.append(f"--reservation={options.reservation}")
+    return "".join(f"#SBATCH {line}\n" for line in lines)
+
 
 _template = Environment(undefined=StrictUndefined, keep_trailing_newline=True).from_string(TEMPLATE)
 
@@ -96,7 +104,7 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
     """The batch script for a session. Raises ValueError on hub-side values that are unsafe."""
     _check(ctx)
     return _template.render(
-        o=options,
+        resources=resource_directives(options),
         job_name=ctx.job_name,
         hub_tag=ctx.hub_tag,
         homedir=ctx.homedir,

@@ -40,6 +40,8 @@ class PortCallbackHandler(BodyLimit, APIHandler):
         if spawner.pending != "spawn" or spawner.port:
             raise web.HTTPError(409, "the port is accepted once, while the server is starting")
         spawner.port = port
+        if hasattr(spawner, "port_registered"):
+            spawner.port_registered()
         self.set_status(201)
         self.finish(json.dumps({"message": "port registered"}))
 

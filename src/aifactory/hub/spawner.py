@@ -110,6 +110,13 @@ class AIFactorySpawner(SlurmSpawner):
         "hub's jobs by it and cancels those no server claims. Set by hub_config from the hub's state folder.",
     ).tag(config=True)
 
+    listen_probe_interval = Float(
+        0.05,
+        help="Seconds between the hub's TCP probes of a server that sent its port, until it listens: "
+        "start() returns when it does, so JupyterHub's own check (exponential back-off from 0.2 s) "
+        "finds it up at the first try. 0: no probe.",
+    ).tag(config=True)
+
     state_exechost_re = Unicode(r"\|([\w.-]+)$").tag(config=True)
 
     stop_confirm_seconds = Float(
@@ -167,6 +174,7 @@ class AIFactorySpawner(SlurmSpawner):
     _context: tuple[float, UserContext] | None = None
     _workshop_note = ""
     _start_failed = False
+    _phases: dict[str, float] | None = None  # monotonic times of this start's phases (logged)
     _refused = False
     # the last form each user submitted, so a refused form comes back filled in (JupyterHub
     # re-renders the form of the default server even when a named server was refused)
@@ -340,6 +348,7 @@ class AIFactorySpawner(SlurmSpawner):
             return JobStatus.NOTFOUND
         if state.running:
             self._pending_since = None
+            self._mark("running")
             return JobStatus.RUNNING
         if state.pending:
             await self._enforce_queue_wait(state)
@@ -379,6 +388,44 @@ class AIFactorySpawner(SlurmSpawner):
         return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
                 f"The job's log is {home}/.aifactory-session-{job_id}.log")
 
+    def _mark(self, phase: str) -> None:
+        if self._phases is not None and phase not in self._phases:
+            self._phases[phase] = time.monotonic()
+
+    def port_registered(self) -> None:
+        """The port callback arrived (handlers.py): the job runs; poll now rather than at the next
+        interval, so that the start does not wait for the shared poll to say RUNNING."""
+        self._mark("port")
+        self.poller.poke()
+
+    async def _wait_listening(self, host: str, port: int) -> None:
+        """Until the server accepts connections (bounded by http_timeout; JupyterHub reports a
+        server that never does)."""
+        if not self.listen_probe_interval:
+            return
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.listen_probe_interval)
+                continue
+            writer.close()
+            return
+
+    def _log_phases(self) -> None:
+        t = self._phases or {}
+        t0 = t.get("start")
+        if t0 is None:
+            return
+
+        def at(phase: str) -> str:
+            return f"{t[phase] - t0:.3f} s" if phase in t else "-"
+
+        self.log.info("Spawn phases of %s (job %s): sbatch called %s, returned %s; running seen %s; "
+                      "port %s; listening %s", self._log_name, self.job_id, at("sbatch"), at("submitted"),
+                      at("running"), at("port"), at("listening"))
+
     async def _silent_job_report(self, host: str) -> str:
         """A job that runs but whose server never called back: cancelled, with where to look."""
         job_id = self.job_id
@@ -394,13 +441,18 @@ class AIFactorySpawner(SlurmSpawner):
         self._check_username()
         self._pending_since = None
         self._submitted_job_id = ""
+        self._phases = {"start": time.monotonic()}
         starting = asyncio.ensure_future(super().start())
         running_since = None
         try:
             while True:
                 done, _ = await asyncio.wait({starting}, timeout=max(self.startup_poll_interval, 1.0))
                 if done:
-                    return starting.result()
+                    host, port = starting.result()
+                    await self._wait_listening(host, port)
+                    self._mark("listening")
+                    self._log_phases()
+                    return host, port
                 if not self.job_id or self.port:
                     continue
                 state = self.job_state()
@@ -426,7 +478,9 @@ class AIFactorySpawner(SlurmSpawner):
 
     async def submit_batch_script(self):
         # remember the id: batchspawner clears job_id before it reports a job that died
+        self._mark("sbatch")
         self._submitted_job_id = await super().submit_batch_script()
+        self._mark("submitted")
         return self._submitted_job_id
 
     async def progress(self):

@@ -81,6 +81,11 @@ class JobPoller:
             self._wake.set()  # a new job: poll soon, not at the end of a long idle interval
         self._ensure_running()
 
+    def poke(self) -> None:
+        """Poll now: something happened (a server called back) that the next poll should see."""
+        if self.watched:
+            self._wake.set()
+
     def forget(self, job_id: str) -> None:
         self.watched.pop(job_id, None)
         self.results.pop(job_id, None)

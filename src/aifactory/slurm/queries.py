@@ -389,6 +389,7 @@ PENDING_REASONS = {
     "Dependency": "waiting for another job to finish",
     "JobHeldUser": "the job is held",
     "JobHeldAdmin": "the job is held by an administrator",
+    "JobArrayTaskLimit": "the run's other tasks fill its limit of tasks at once; it starts when one ends",
 }
 
 
