@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from aifactory.hub.batchscript import JOB_NAME_RE, PATH_RE, resource_directives
 from aifactory.hub.options import SessionOptions
+from aifactory.slurm.usage import RUN_JOB_PREFIX
 
-JOB_NAME_PREFIX = "aifactory-run-"
+# the usage figures label jobs by this name as batch runs
+JOB_NAME_PREFIX = RUN_JOB_PREFIX + "-"
 
 
 def job_name(run_id: str) -> str:
