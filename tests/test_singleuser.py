@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 
 def fake_hub(status: int) -> tuple[HTTPServer, list]:
@@ -31,7 +32,8 @@ def fake_hub(status: int) -> tuple[HTTPServer, list]:
 
 def wrapper(hub: HTTPServer, *command: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub.server_port}/hub/api",
-               JUPYTERHUB_API_TOKEN="secret-token", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/user/x/")
+               JUPYTERHUB_API_TOKEN="secret-token", JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888/user/x/",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     return subprocess.run([sys.executable, "-m", "aifactory.singleuser", *command], env=env,
                           capture_output=True, text=True, timeout=30)
 
@@ -50,3 +52,19 @@ def test_a_hub_that_refuses_the_port_ends_the_job_with_an_error():
     hub, _ = fake_hub(403)
     out = wrapper(hub, "true")
     assert out.returncode != 0 and "403" in out.stderr
+
+
+def test_the_server_gets_the_lab_shims_and_jsonschema_loads_the_iri_check_only_when_used():
+    hub, _ = fake_hub(201)
+    probe = ("import sys, jsonschema\n"
+             "loaded_at_import = any('syntax_helpers' in m for m in sys.modules)\n"
+             "v = jsonschema.Draft7Validator({'format': 'iri'}, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)\n"
+             "print(loaded_at_import, v.is_valid('http://example.org/a'), v.is_valid('not an iri ::'))\n"
+             "import rfc3987_syntax\n"
+             "print(rfc3987_syntax.__file__)\n")
+    out = wrapper(hub, sys.executable, "-c", probe)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.splitlines()
+    # not compiled at import; when used, the real checker answers (and later imports get the real module)
+    assert first == "False True False", first
+    assert "site-packages" in second and "labshims" not in second

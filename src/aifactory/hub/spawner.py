@@ -39,6 +39,7 @@ from aifactory.hub.options import (
 )
 from aifactory.site import USERNAME_RE, load_site
 from aifactory.slurm import queries as slurm
+from aifactory.slurm.cache import cached
 from aifactory.slurm.poller import JobPoller, shared_poller
 from aifactory.slurm.standing import user_standing
 
@@ -89,7 +90,13 @@ class AIFactorySpawner(SlurmSpawner):
 
     context_cache_seconds = Float(
         30.0,
-        help="How long the user's Slurm associations are cached for the form and validation.",
+        help="How long the user's Slurm associations are cached for the form and validation (0: not at all, "
+        "which also turns the other caches off).",
+    ).tag(config=True)
+
+    cluster_cache_seconds = Float(
+        5.0,
+        help="How long the cluster's reservations and free GPUs are cached, once for all users.",
     ).tag(config=True)
 
     standing_cache_seconds = Float(
@@ -171,7 +178,6 @@ class AIFactorySpawner(SlurmSpawner):
     session: SessionOptions | None = None
     _pending_since: float | None = None
     _submitted_job_id = ""
-    _context: tuple[float, UserContext] | None = None
     _workshop_note = ""
     _start_failed = False
     _phases: dict[str, float] | None = None  # monotonic times of this start's phases (logged)
@@ -204,23 +210,24 @@ class AIFactorySpawner(SlurmSpawner):
 
     async def user_context(self) -> UserContext:
         """The user's Slurm associations, usable reservations, free GPUs and the courses."""
-        now = time.monotonic()
-        if self._context and now - self._context[0] < self.context_cache_seconds:
-            return self._context[1]
         username = self._check_username()
+        # shared by all of the hub's spawners (a spawner object lives only as long as its server):
+        # the user's own associations, and the cluster's reservations and free GPUs for everybody
+        cluster_age = min(self.cluster_cache_seconds, self.context_cache_seconds)
         try:
             associations, reservations, (gpus, slices) = await asyncio.gather(
-                slurm.user_associations(username), slurm.reservations(), slurm.gpu_availability()
+                cached(("associations", username), self.context_cache_seconds,
+                       lambda: slurm.user_associations(username)),
+                cached(("reservations",), cluster_age, slurm.reservations),
+                cached(("gpus",), cluster_age, slurm.gpu_availability),
             )
             standing = await user_standing(username, [a.account for a in associations], self.site,
-                                           self.standing_cache_seconds)
+                                           min(self.standing_cache_seconds, self.context_cache_seconds))
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             raise web.HTTPError(503, f"The cluster did not answer ({e}); please try again in a minute.") from e
         courses, _ = load_courses(self.site)
-        ctx = UserContext(username, associations, reservations, gpus, courses, slices,
-                          self.workshop_store.bookings_for(username) if self.workshop_store else {}, standing)
-        self._context = (now, ctx)
-        return ctx
+        return UserContext(username, associations, reservations, gpus, courses, slices,
+                           self.workshop_store.bookings_for(username) if self.workshop_store else {}, standing)
 
     async def _render_options_form(self) -> str:
         try:

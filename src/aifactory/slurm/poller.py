@@ -71,6 +71,7 @@ class JobPoller:
         self.failures = 0  # consecutive failed polls
         self._polled = asyncio.Condition()
         self._wake = asyncio.Event()
+        self._poked = False
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ what spawners call
@@ -84,6 +85,7 @@ class JobPoller:
     def poke(self) -> None:
         """Poll now: something happened (a server called back) that the next poll should see."""
         if self.watched:
+            self._poked = True
             self._wake.set()
 
     def forget(self, job_id: str) -> None:
@@ -129,10 +131,12 @@ class JobPoller:
             await self.poll_once()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._interval())
-                # several spawners ask at once: let them all join this poll
-                await asyncio.sleep(min(0.2, self.busy_interval))
+                if not self._poked:
+                    # several spawners ask at once: let them all join this poll
+                    await asyncio.sleep(min(0.2, self.busy_interval))
             except TimeoutError:
                 pass
+            self._poked = False
 
     async def poll_once(self) -> None:
         jobs = sorted(self.watched, key=int)

@@ -11,11 +11,11 @@ the options form stays fast.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from aifactory.site import NAME_RE, Site
+from aifactory.slurm.cache import cached
 from aifactory.slurm.queries import _slurm_time, run
 
 SSHARE_FORMAT = "Account,User,RawShares,NormShares,RawUsage,EffectvUsage,FairShare"
@@ -113,19 +113,6 @@ def roll_up(site: Site, direct: dict[str, float], accounts: list[str]) -> dict[s
     return {account: sum(direct.get(a, 0.0) for a in subtree(site, account)) for account in accounts}
 
 
-_cache: dict[tuple, tuple[float, object]] = {}
-
-
-async def _cached(key: tuple, max_age: float, fetch):
-    now = time.monotonic()
-    hit = _cache.get(key)
-    if hit and max_age > 0 and now - hit[0] < max_age:
-        return hit[1]
-    value = await fetch()
-    _cache[key] = (now, value)
-    return value
-
-
 async def user_standing(username: str, accounts: list[str], site: Site,
                         max_age: float = CACHE_SECONDS) -> dict[str, AccountStanding]:
     """Standing in each of ``accounts`` and in every parent of theirs that has a GPU-hour limit."""
@@ -148,8 +135,8 @@ async def user_standing(username: str, accounts: list[str], site: Site,
                           "-S", since.isoformat(), "-E", now.isoformat(), "-o", SACCT_FORMAT])
         return parse_gpu_hours(text, since, now)
 
-    rows, direct = await asyncio.gather(_cached(("sshare", username, tuple(wanted)), max_age, shares),
-                                        _cached(("sacct", tuple(counted), since), max_age, gpu_hours))
+    rows, direct = await asyncio.gather(cached(("sshare", username, tuple(wanted)), max_age, shares),
+                                        cached(("sacct", tuple(counted), since), max_age, gpu_hours))
     used = roll_up(site, direct, wanted)
     standing = {}
     for account in wanted:
