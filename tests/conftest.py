@@ -7,6 +7,7 @@ beside a running ``make demo`` whose users have sessions open.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ from aifactory.site import load_site  # noqa: E402
 
 SITE_FILE = ROOT / "hub_config" / "site.yaml"
 TEST_USER_PREFIX = "t-"
-TEST_SITE_FILE = Path("/tmp/aifactory-tests/site.yaml")
+# one per checkout: several checkouts (git worktrees) may run their tests on this machine at once
+TEST_SITE_FILE = Path("/tmp/aifactory-tests") / hashlib.sha256(str(ROOT).encode()).hexdigest()[:8] / "site.yaml"
 
 
 def write_test_site() -> Path:

@@ -123,6 +123,9 @@ class Site:
     courses_dir: Path
     workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
     nodes: tuple[Node, ...] = ()
+    # minutes before a session's time limit at which open notebooks are saved and the user is
+    # warned (Slurm's --signal); 0 = no warning
+    walltime_warning_minutes: int = 5
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -363,6 +366,18 @@ def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...
     return tuple(nodes)
 
 
+# Slurm's --signal takes at most 65535 s before the end; an hour is more than any session needs
+MAX_WALLTIME_WARNING_MINUTES = 60
+
+
+def _walltime_warning(spawn: dict) -> int:
+    minutes = _get(spawn, "walltime_warning_minutes", "spawn", int, 5)
+    if not 0 <= minutes <= MAX_WALLTIME_WARNING_MINUTES:
+        raise SiteError(f"spawn.walltime_warning_minutes: must be 0 (no warning) to "
+                        f"{MAX_WALLTIME_WARNING_MINUTES}, got {minutes}")
+    return minutes
+
+
 def load_site(path: str | Path) -> Site:
     """Read and validate a site file. Raises SiteError naming the bad key."""
     path = Path(path).resolve()
@@ -417,6 +432,7 @@ def load_site(path: str | Path) -> Site:
         courses_dir=(path.parent / _get(raw, "courses_dir", "site", str, "../courses")).resolve(),
         workshops=_load_workshops(raw, accounts, qos, partitions),
         nodes=nodes,
+        walltime_warning_minutes=_walltime_warning(spawn),
         raw=raw,
     )
     return site

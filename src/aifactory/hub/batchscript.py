@@ -17,6 +17,7 @@ from aifactory.hub.options import SessionOptions
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_SIGNAL_SECONDS = 65535  # sbatch --signal's limit
 
 TEMPLATE = """\
 #!/bin/bash
@@ -32,6 +33,7 @@ TEMPLATE = """\
 #SBATCH --mem={{ o.memory_gb }}G
 {% if o.gres %}#SBATCH --gres={{ o.gres }}
 {% endif %}{% if o.reservation %}#SBATCH --reservation={{ o.reservation }}
+{% endif %}{% if walltime_warning_seconds %}#SBATCH --signal=B:USR1@{{ walltime_warning_seconds }}
 {% endif %}
 set -euo pipefail
 # private by default: course copies, notebooks and the session log are the user's alone
@@ -41,7 +43,19 @@ chmod 600 "{{ homedir }}/.aifactory-session-$SLURM_JOB_ID.log" 2>/dev/null || tr
 trap 'echo SIGTERM received' TERM
 echo "AI factory session: job $SLURM_JOB_ID on $(hostname) started $(date +%s.%N), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
 {% if course_sync %}{{ course_sync }} || echo "course copy failed; your earlier files are unchanged"
-{% endif %}{{ srun }}{{ cmd }}
+{% endif %}# The server runs in the background: bash runs a trap only between commands, and Slurm's wall-time
+# warning (USR1, --signal=B:) must reach the server in time. The server's aifactory.walltime
+# extension then has JupyterLab save the open notebooks and tell the user.
+{{ srun }}{{ cmd }} &
+session_pid=$!
+trap 'echo "wall-time warning received $(date +%s)"; kill -USR1 "$session_pid" 2>/dev/null || true' USR1
+session_status=0
+while :; do
+  wait "$session_pid" && session_status=0 || session_status=$?
+  # a trapped signal ends wait early (status above 128) while the server still runs: wait again
+  if [ "$session_status" -le 128 ] || ! kill -0 "$session_pid" 2>/dev/null; then break; fi
+done
+[ "$session_status" -eq 0 ] || exit "$session_status"
 echo "jupyterhub-singleuser ended gracefully"
 """
 
@@ -60,6 +74,8 @@ class JobContext:
     srun: str = "srun"
     venv: str = "/opt/aifactory/venv"
     site_file: str = ""
+    # Slurm signals the batch shell this long before the time limit (0: no warning)
+    walltime_warning_seconds: int = 0
 
 
 def _check(ctx: JobContext) -> None:
@@ -72,6 +88,8 @@ def _check(ctx: JobContext) -> None:
     bad = [name for name in ctx.keepvars if not ENV_NAME_RE.match(name)]
     if bad:
         raise ValueError(f"environment variable names not allowed: {bad}")
+    if not 0 <= ctx.walltime_warning_seconds <= MAX_SIGNAL_SECONDS:
+        raise ValueError(f"wall-time warning of {ctx.walltime_warning_seconds} s is outside 0..{MAX_SIGNAL_SECONDS}")
     if "\n" in ctx.cmd:
         raise ValueError("the single-user command must be one line")
 
@@ -94,4 +112,5 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
         course_sync=course_sync_command(options, ctx),
         srun=f"{ctx.srun} " if ctx.srun else "",
         cmd=ctx.cmd,
+        walltime_warning_seconds=ctx.walltime_warning_seconds,
     )
