@@ -189,3 +189,54 @@ def test_panel_inside_a_gpu_job_shows_that_jobs_values(slurm_cluster, job_dir):
     assert _seconds(dump["later"]["time_left"]) < _seconds(first["time_left"])
     if shutil.which("nvidia-smi") is None:
         assert first["gpu_figures"] == NO_NVIDIA_SMI
+
+
+@pytest.mark.slurm
+@pytest.mark.browser
+@pytest.mark.slow
+def test_panel_ticks_in_jupyterlab_inside_a_job(slurm_cluster, job_dir):
+    """The panel in a real lab page: a kernel of a lab server that runs as a Slurm job."""
+    import secrets
+
+    import nbformat
+    from conftest import chromium_path
+    from playwright.sync_api import sync_playwright
+
+    path, jobs = job_dir
+    notebook = path / "panel.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("from aifactory.widgets import panel\npanel()")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), notebook)
+    os.chown(notebook, pwd.getpwnam(USER).pw_uid, -1)
+    token, port = secrets.token_hex(16), 21520
+    command = (f"PYTHONPATH={ROOT / 'src'} /opt/aifactory/venv/bin/jupyter lab --no-browser --ip=127.0.0.1 "
+               f"--port={port} --IdentityProvider.token={token}")
+    job_id = subprocess.run(
+        ["sudo", "-u", USER, "sbatch", "--parsable", "--job-name=aifactory-test-panel", "--partition=cpu",
+         "--account=uni-research", "--qos=interactive", "--time=00:10:00", "--mem=1G", "--nodelist=vm",
+         f"--chdir={path}", f"--output={path}/job.log", "--wrap", command],
+        capture_output=True, text=True, check=True).stdout.strip()
+    jobs.append(job_id)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        log = path / "job.log"
+        deadline = time.monotonic() + 90
+        while not log.exists() or "is running at" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the lab server of the job did not start"
+            time.sleep(1)
+        page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}")
+        page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
+        page.keyboard.press("Shift+Enter")
+        row = page.locator(".widget-hbox", has_text="Wall time left").locator(".widget-label").nth(1)
+        row.wait_for()
+        job_row = page.locator(".widget-hbox", has_text="Job").locator(".widget-label").nth(1)
+        assert job_row.inner_text() == job_id
+        first = row.inner_text()
+        # the clock ticks in the page by itself (a thread of the kernel), no cell runs
+        deadline = time.monotonic() + 10
+        while row.inner_text() == first and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _seconds(row.inner_text()) < _seconds(first)
+        browser.close()

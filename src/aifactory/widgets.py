@@ -32,8 +32,8 @@ from aifactory.slurm import queries
 
 NVIDIA_SMI_QUERY = "index,name,memory.used,memory.total,utilization.gpu"
 NO_NVIDIA_SMI = "nvidia-smi is not available on this node: no GPU figures"
-NO_BATCH_RUNS = ("Batch runs: submit a notebook as a Slurm job with <code>aifactory submit NOTEBOOK</code> "
-                 "in a terminal; they are listed here once the batch runs are connected to this panel.")
+NO_BATCH_RUNS = ("Batch runs come from <code>aifactory submit NOTEBOOK</code> in a terminal (a notebook run "
+                 "as a Slurm job); they are listed here once batch runs are connected to this panel.")
 GRES_RE = re.compile(r"(?<![\w])(?P<kind>gpu|shard)(?::(?P<type>[A-Za-z][\w.-]*))?:(?P<count>\d+)")
 
 
