@@ -51,9 +51,9 @@ def test_site_refuses_bad_warning_minutes(tmp_path, value):
         load_site(_site_with_spawn(tmp_path, walltime_warning_minutes=value))
 
 
-def _script(warning_seconds: int) -> str:
+def _script(warning_seconds: int, minutes: int = 0) -> str:
     options = SessionOptions(partition="cpu", account="uni-research", qos="interactive", gpu_type="any", gpus=0,
-                             cpus=1, memory_gb=1, hours=1)
+                             cpus=1, memory_gb=1, hours=1, minutes=minutes)
     ctx = batchscript.JobContext(username="t-partner1", homedir="/home/t-partner1", cmd="/v/bin/server --x",
                                  keepvars=["PATH"], walltime_warning_seconds=warning_seconds)
     return batchscript.render(options, ctx)
@@ -65,6 +65,9 @@ def test_batch_script_asks_for_the_warning_and_passes_it_to_the_server():
     assert "srun /v/bin/server --x &\nsession_pid=$!\n" in script
     assert "kill -USR1 \"$session_pid\"" in script
     assert "#SBATCH --signal" not in _script(0)
+    # a session (in a workshop window) no longer than the lead gets no warning
+    assert "#SBATCH --signal" not in _script(600, minutes=10)
+    assert "#SBATCH --signal=B:USR1@600\n" in _script(600, minutes=11)
     with pytest.raises(ValueError, match="wall-time warning"):
         _script(70000)
 

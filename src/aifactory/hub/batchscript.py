@@ -112,5 +112,12 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
         course_sync=course_sync_command(options, ctx),
         srun=f"{ctx.srun} " if ctx.srun else "",
         cmd=ctx.cmd,
-        walltime_warning_seconds=ctx.walltime_warning_seconds,
+        walltime_warning_seconds=walltime_warning_seconds(options, ctx),
     )
+
+
+def walltime_warning_seconds(options: SessionOptions, ctx: JobContext) -> int:
+    """The warning lead, or 0 for a session no longer than it (Slurm would signal at the start,
+    before the server could take the signal)."""
+    limit_seconds = (options.minutes or options.hours * 60) * 60
+    return ctx.walltime_warning_seconds if limit_seconds > ctx.walltime_warning_seconds else 0
