@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -48,10 +47,6 @@ def main() -> None:
     port = free_port()
     register_port(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"], port)
     os.environ["JUPYTERHUB_SERVICE_URL"] = service_url._replace(netloc=f"{service_url.hostname}:{port}").geturl()
-    # the batch shell passes Slurm's wall-time warning on as USR1, whose default action ends a process:
-    # ignored until the server's aifactory.walltime extension takes it (an ignored signal stays so
-    # across exec), a server without the extension simply keeps running
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     os.execvp(sys.argv[1], sys.argv[1:])
 
 

@@ -33,7 +33,7 @@ TEMPLATE = """\
 #SBATCH --mem={{ o.memory_gb }}G
 {% if o.gres %}#SBATCH --gres={{ o.gres }}
 {% endif %}{% if o.reservation %}#SBATCH --reservation={{ o.reservation }}
-{% endif %}{% if walltime_warning_seconds %}#SBATCH --signal=B:USR1@{{ walltime_warning_seconds }}
+{% endif %}{% if walltime_warning_seconds %}#SBATCH --signal=URG@{{ walltime_warning_seconds }}
 {% endif %}
 set -euo pipefail
 # private by default: course copies, notebooks and the session log are the user's alone
@@ -43,19 +43,7 @@ chmod 600 "{{ homedir }}/.aifactory-session-$SLURM_JOB_ID.log" 2>/dev/null || tr
 trap 'echo SIGTERM received' TERM
 echo "AI factory session: job $SLURM_JOB_ID on $(hostname) started $(date +%s.%N), GPUs: ${CUDA_VISIBLE_DEVICES:-none}"
 {% if course_sync %}{{ course_sync }} || echo "course copy failed; your earlier files are unchanged"
-{% endif %}# The server runs in the background: bash runs a trap only between commands, and Slurm's wall-time
-# warning (USR1, --signal=B:) must reach the server in time. The server's aifactory.walltime
-# extension then has JupyterLab save the open notebooks and tell the user.
-{{ srun }}{{ cmd }} &
-session_pid=$!
-trap 'echo "wall-time warning received $(date +%s)"; kill -USR1 "$session_pid" 2>/dev/null || true' USR1
-session_status=0
-while :; do
-  wait "$session_pid" && session_status=0 || session_status=$?
-  # a trapped signal ends wait early (status above 128) while the server still runs: wait again
-  if [ "$session_status" -le 128 ] || ! kill -0 "$session_pid" 2>/dev/null; then break; fi
-done
-[ "$session_status" -eq 0 ] || exit "$session_status"
+{% endif %}{{ srun }}{{ cmd }}
 echo "jupyterhub-singleuser ended gracefully"
 """
 
@@ -74,7 +62,9 @@ class JobContext:
     srun: str = "srun"
     venv: str = "/opt/aifactory/venv"
     site_file: str = ""
-    # Slurm signals the batch shell this long before the time limit (0: no warning)
+    # Slurm sends the session's processes SIGURG this long before the time limit (0: no warning):
+    # URG because every process of the step gets it (proctrack), and URG is ignored by default
+    # where USR1 would end the kernels; the server's aifactory.walltime extension takes it
     walltime_warning_seconds: int = 0
 
 
@@ -117,7 +107,13 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
 
 
 def walltime_warning_seconds(options: SessionOptions, ctx: JobContext) -> int:
-    """The warning lead, or 0 for a session no longer than it (Slurm would signal at the start,
-    before the server could take the signal)."""
+    """The warning lead, or 0 where it cannot work.
+
+    Slurm sends it to the job's steps, not to the batch shell's processes: without ``srun`` the
+    server would not get it. A session no longer than the lead would be signalled at its start,
+    before the server takes the signal.
+    """
     limit_seconds = (options.minutes or options.hours * 60) * 60
-    return ctx.walltime_warning_seconds if limit_seconds > ctx.walltime_warning_seconds else 0
+    if not ctx.srun or limit_seconds <= ctx.walltime_warning_seconds:
+        return 0
+    return ctx.walltime_warning_seconds

@@ -3,14 +3,16 @@ and tells the user.
 
 How the warning travels (each step is a real mechanism, no polling of Slurm):
 
-1. The batch script asks Slurm for ``--signal=B:USR1@SECONDS`` (``spawn.walltime_warning_minutes``
-   of the site file): the batch shell gets USR1 that long before the time limit.
-2. The batch shell traps it and passes USR1 on to the server (``srun`` forwards it to its task).
-3. The single-user server loads :mod:`aifactory.walltime.extension` (a ``jupyter_server``
-   extension, enabled on its command line by :func:`singleuser_args`). On USR1 it reads the job's
+1. The batch script asks Slurm for ``--signal=URG@SECONDS`` (``spawn.walltime_warning_minutes``
+   of the site file). Slurm sends it to every process of the job's steps (the ``srun`` that runs
+   the server: the server, its kernels, terminals), not to the batch shell. SIGURG because its
+   default action is to ignore it: USR1, forwarded the same way, ends the kernels five minutes early
+   (verified on the local cluster), and the server does not need a trap in the batch shell.
+2. The single-user server loads :mod:`aifactory.walltime.extension` (a ``jupyter_server``
+   extension, enabled on its command line by :func:`singleuser_args`). On URG it reads the job's
    end time from ``squeue`` and emits a ``jupyter_server`` event (and keeps it for ``GET
    /aifactory/walltime``).
-4. JupyterLab's document models live in the browser, so saving must happen there: a small
+3. JupyterLab's document models live in the browser, so saving must happen there: a small
    JupyterLab plugin (``labextensions/aifactory-walltime``, plain JavaScript in the shape of a
    prebuilt "federated" extension, so no npm/webpack build is needed) listens to the server's event
    stream, runs ``docmanager:save-all`` and shows a notification that stays until dismissed.

@@ -97,7 +97,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     def take_signal() -> None:
         # in the running loop: the signal is handled between callbacks, never inside a request
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, on_warning)
-        serverapp.log.info("wall-time warning: listening for USR1 (job %s)", os.environ.get("SLURM_JOB_ID", "-"))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGURG, on_warning)
+        serverapp.log.info("wall-time warning: listening for URG (job %s)", os.environ.get("SLURM_JOB_ID", "-"))
 
     IOLoop.current().add_callback(take_signal)
