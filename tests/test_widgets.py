@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aifactory.slurm.queries import parse_session_job
+from aifactory.slurm.queries import SlurmUnavailable, parse_session_job
 from aifactory.widgets import (
     NO_BATCH_RUNS,
     NO_NVIDIA_SMI,
@@ -76,8 +76,11 @@ class RunsOfThisTest:
 
     def __init__(self):
         self.submitted: list[Run] = []
+        self.controller_down = False
 
     def runs(self):
+        if self.controller_down:
+            raise SlurmUnavailable("Unable to contact slurm controller")
         return list(reversed(self.submitted))
 
     def submit(self, notebook: str) -> str:
@@ -96,6 +99,9 @@ def test_batch_runs_section_lists_and_submits_through_the_interface():
     panel.submit("project/<train>.ipynb")
     assert "as job 100" in panel.submit_message.value
     assert "project/&lt;train&gt;.ipynb" in panel.runs_table.value and "PENDING" in panel.runs_table.value
+    runs.controller_down = True
+    panel.show_runs()
+    assert "Slurm did not answer" in panel.runs_table.value
     panel.close()
 
 

@@ -233,7 +233,11 @@ class SessionPanel:
                              self.submit_message])
 
     def show_runs(self) -> None:
-        runs = list(self.batch_runs.runs())
+        try:
+            runs = list(self.batch_runs.runs())
+        except (queries.SlurmUnavailable, queries.SlurmCommandError) as e:
+            self.runs_table.value = f"Slurm did not answer: {html.escape(str(e))}"
+            return
         if not runs:
             self.runs_table.value = "No batch runs yet."
             return
