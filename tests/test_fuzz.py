@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.hub, pytest.mark.slow]
 USER = "t-student1"
 EXAMPLES = 250  # per path: 500 in all
 ALLOWED_SBATCH = [re.compile(p) for p in (
-    r"--job-name=jupyter(-[a-z0-9-]+)?", r"--no-requeue", r"--comment=aifactory-hub:[0-9a-f]{12}",
+    r"--job-name=jupyter(-[a-z0-9-]+)?", r"--no-requeue", r"--comment=aifactory-hub:[0-9a-f]{12}", r"--signal=URG@300",
     r"--output=/home/[\w.-]+/\.aifactory-session-%j\.log",
     r"--chdir=/home/[\w.-]+", r"--export=[A-Za-z_,]+", r"--partition=(gpu|cpu)",
     r"--account=(uni-teaching)", r"--qos=(workshop|interactive)", r"--time=\d\d:\d\d:00",

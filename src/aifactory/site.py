@@ -162,6 +162,9 @@ class Site:
     usage: UsageSettings = field(default_factory=UsageSettings)
     data: DataSettings = field(default_factory=DataSettings)
     runs: RunSettings = field(default_factory=RunSettings)
+    # minutes before a session's time limit at which open notebooks are saved and the user is
+    # warned (Slurm's --signal); 0 = no warning
+    walltime_warning_minutes: int = 5
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -484,6 +487,18 @@ def _load_data(raw: dict, site_dir: Path) -> DataSettings:
     return DataSettings(registry_path, Path(root), prefix)
 
 
+# Slurm's --signal takes at most 65535 s before the end; an hour is more than any session needs
+MAX_WALLTIME_WARNING_MINUTES = 60
+
+
+def _walltime_warning(spawn: dict) -> int:
+    minutes = _get(spawn, "walltime_warning_minutes", "spawn", int, 5)
+    if not 0 <= minutes <= MAX_WALLTIME_WARNING_MINUTES:
+        raise SiteError(f"spawn.walltime_warning_minutes: must be 0 (no warning) to "
+                        f"{MAX_WALLTIME_WARNING_MINUTES}, got {minutes}")
+    return minutes
+
+
 def load_site(path: str | Path) -> Site:
     """Read and validate a site file. Raises SiteError naming the bad key."""
     path = Path(path).resolve()
@@ -542,6 +557,7 @@ def load_site(path: str | Path) -> Site:
         usage=_load_usage(raw, accounts),
         data=_load_data(raw, path.parent),
         runs=_load_runs(raw),
+        walltime_warning_minutes=_walltime_warning(spawn),
         raw=raw,
     )
     return site

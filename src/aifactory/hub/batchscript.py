@@ -18,6 +18,7 @@ PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 HUB_TAG_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_SIGNAL_SECONDS = 65535  # sbatch --signal's limit
 
 # --no-requeue: a session cannot resume on another node after a node failure (its lab, port and
 # token are gone); requeued, it would come back as a second server the hub did not ask for
@@ -29,7 +30,8 @@ TEMPLATE = """\
 {% endif %}#SBATCH --output={{ homedir }}/.aifactory-session-%j.log
 #SBATCH --chdir={{ homedir }}
 #SBATCH --export={{ keepvars }}
-{{ resources }}
+{{ resources }}{% if walltime_warning_seconds %}#SBATCH --signal=URG@{{ walltime_warning_seconds }}
+{% endif %}
 set -euo pipefail
 # private by default: course copies, notebooks and the session log are the user's alone
 # (slurmd creates the log before this line runs, so it is tightened explicitly)
@@ -75,6 +77,10 @@ class JobContext:
     site_file: str = ""
     # the job's comment: which hub started it (the hub's reconcile finds its jobs by it)
     hub_tag: str = ""
+    # Slurm sends the session's processes SIGURG this long before the time limit (0: no warning):
+    # URG because every process of the step gets it (proctrack), and URG is ignored by default
+    # where USR1 would end the kernels; the server's aifactory.walltime extension takes it
+    walltime_warning_seconds: int = 0
 
 
 def _check(ctx: JobContext) -> None:
@@ -89,6 +95,8 @@ def _check(ctx: JobContext) -> None:
     bad = [name for name in ctx.keepvars if not ENV_NAME_RE.match(name)]
     if bad:
         raise ValueError(f"environment variable names not allowed: {bad}")
+    if not 0 <= ctx.walltime_warning_seconds <= MAX_SIGNAL_SECONDS:
+        raise ValueError(f"wall-time warning of {ctx.walltime_warning_seconds} s is outside 0..{MAX_SIGNAL_SECONDS}")
     if "\n" in ctx.cmd:
         raise ValueError("the single-user command must be one line")
 
@@ -112,4 +120,18 @@ def render(options: SessionOptions, ctx: JobContext) -> str:
         course_sync=course_sync_command(options, ctx),
         srun=f"{ctx.srun} " if ctx.srun else "",
         cmd=ctx.cmd,
+        walltime_warning_seconds=walltime_warning_seconds(options, ctx),
     )
+
+
+def walltime_warning_seconds(options: SessionOptions, ctx: JobContext) -> int:
+    """The warning lead, or 0 where it cannot work.
+
+    Slurm sends it to the job's steps, not to the batch shell's processes: without ``srun`` the
+    server would not get it. A session no longer than the lead would be signalled at its start,
+    before the server takes the signal.
+    """
+    limit_seconds = (options.minutes or options.hours * 60) * 60
+    if not ctx.srun or limit_seconds <= ctx.walltime_warning_seconds:
+        return 0
+    return ctx.walltime_warning_seconds

@@ -26,7 +26,7 @@ from batchspawner import JobStatus, SlurmSpawner
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
-from aifactory import security
+from aifactory import security, walltime
 from aifactory.courses import load_courses
 from aifactory.hub import batchscript, handlers
 from aifactory.hub.options import (
@@ -151,6 +151,15 @@ class AIFactorySpawner(SlurmSpawner):
     @default("cmd")
     def _cmd_default(self):
         return [f"{self.venv}/bin/jupyterhub-singleuser"]
+
+    def get_args(self):
+        args = super().get_args()
+        if not self.site.walltime_warning_minutes:
+            return args
+        # the server's half of the wall-time warning; the batch script joins this command with spaces
+        if not batchscript.PATH_RE.match(str(walltime.LABEXTENSIONS_DIR)):
+            raise ValueError(f"{walltime.LABEXTENSIONS_DIR} has characters a batch script cannot take")
+        return [*args, *walltime.singleuser_args()]
 
     @default("startup_poll_interval")
     def _startup_poll_interval_default(self):
@@ -320,6 +329,7 @@ class AIFactorySpawner(SlurmSpawner):
             venv=self.venv,
             site_file=self.job_site_file or str(self.site.path),
             hub_tag=self.hub_tag,
+            walltime_warning_seconds=self.site.walltime_warning_minutes * 60,
         )
         return batchscript.render(self.session, ctx)
 

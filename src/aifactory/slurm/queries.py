@@ -396,3 +396,42 @@ PENDING_REASONS = {
 def explain_reason(reason: str) -> str:
     base = reason.split(",")[0].strip()
     return PENDING_REASONS.get(base, "")
+
+
+# ---------------------------------------------------------------- one session's own job (inside the job)
+
+SESSION_JOB_FORMAT = "%i|%P|%a|%q|%N|%b|%l|%e|%L|%T"
+
+
+@dataclass(frozen=True)
+class SessionJob:
+    """What a session shows its user about its own job (the lab's panel and wall-time notice)."""
+
+    job_id: str
+    partition: str
+    account: str
+    qos: str
+    nodes: str
+    gres: str  # "gres:gpu:h100:1", "" without GRES
+    time_limit: str  # Slurm's [D-]HH:MM:SS
+    end_time: datetime | None
+    time_left: str
+    state: str
+
+
+def parse_session_job(squeue_text: str) -> SessionJob | None:
+    """``squeue -h -j ID -o SESSION_JOB_FORMAT``; None when the job is not listed."""
+    for line in squeue_text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 10:
+            continue
+        job_id, partition, account, qos, nodes, gres, limit, end, left, state = parts
+        return SessionJob(job_id, partition, account, "" if qos == "(null)" else qos, nodes,
+                          "" if gres in ("N/A", "(null)") else gres, limit, _slurm_time(end), left, state)
+    return None
+
+
+async def session_job(job_id: str) -> SessionJob | None:
+    if not re.fullmatch(r"[0-9]+", job_id):
+        raise ValueError(f"job id {job_id!r} is not a number")
+    return parse_session_job(await run(["squeue", "-h", "-j", job_id, "-o", SESSION_JOB_FORMAT]))

@@ -1,0 +1,260 @@
+"""The session panel: ``from aifactory.widgets import panel; panel()`` in a notebook of a session.
+
+It shows the session's own Slurm job (id, partition, account, QOS, node, GPUs) and the wall time
+left, ticking down to the job's end time. The facts come from ``squeue`` (through
+:mod:`aifactory.slurm.queries`) and the kernel's environment (``SLURM_JOB_ID``,
+``CUDA_VISIBLE_DEVICES``, which the kernel inherits from the job); GPU figures from ``nvidia-smi``
+where the node has it.
+
+Batch runs plug in later: pass an object with ``runs()`` and ``submit(notebook)`` (the
+:class:`BatchRuns` protocol, which ``aifactory.runs`` is to provide) as ``panel(batch_runs=...)``.
+Without one the section says where batch runs come from; it never shows made-up runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import html
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import ipywidgets as widgets
+
+from aifactory.slurm import queries
+
+NVIDIA_SMI_QUERY = "index,name,memory.used,memory.total,utilization.gpu"
+NO_NVIDIA_SMI = "nvidia-smi is not available on this node: no GPU figures"
+NO_BATCH_RUNS = ("Batch runs come from <code>aifactory submit NOTEBOOK</code> in a terminal (a notebook run "
+                 "as a Slurm job); they are listed here once batch runs are connected to this panel.")
+GRES_RE = re.compile(r"(?<![\w])(?P<kind>gpu|shard)(?::(?P<type>[A-Za-z][\w.-]*))?:(?P<count>\d+)")
+
+
+# ---------------------------------------------------------------- batch runs: the plug-in point
+
+
+class BatchRun(Protocol):
+    """One batch run as the panel lists it."""
+
+    job_id: str
+    notebook: str
+    state: str  # Slurm's state: PENDING, RUNNING, COMPLETED, FAILED, ...
+
+
+class BatchRuns(Protocol):
+    """What the panel needs from batch runs (``aifactory.runs``)."""
+
+    def runs(self) -> Iterable[BatchRun]:
+        """The user's batch runs, newest first."""
+
+    def submit(self, notebook: str) -> str:
+        """Submit a notebook (path relative to the home folder) as a batch job; returns its job id.
+
+        Raises ValueError with a message for the user when the notebook or its settings are refused.
+        """
+
+
+# ---------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    index: str
+    name: str
+    memory_used_mib: int
+    memory_total_mib: int
+    utilization_percent: int
+
+
+def parse_nvidia_smi(csv_text: str) -> list[GpuFigures]:
+    """``nvidia-smi --query-gpu=NVIDIA_SMI_QUERY --format=csv,noheader,nounits``."""
+    gpus = []
+    for line in csv_text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 5:
+            continue
+        index, name, used, total, utilization = parts
+
+        def number(text: str) -> int:
+            return int(text) if text.isdigit() else -1  # "[N/A]" on some GPUs (MIG)
+
+        gpus.append(GpuFigures(index, name, number(used), number(total), number(utilization)))
+    return gpus
+
+
+def nvidia_smi() -> list[GpuFigures] | None:
+    """The node's GPU figures; None where there is no nvidia-smi (or it fails)."""
+    command = shutil.which("nvidia-smi")
+    if not command:
+        return None
+    try:
+        out = subprocess.run([command, f"--query-gpu={NVIDIA_SMI_QUERY}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=15, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_nvidia_smi(out)
+
+
+def describe_gres(gres: str, cuda_visible_devices: str) -> str:
+    """``gres:gpu:h100:1`` and ``CUDA_VISIBLE_DEVICES=0`` -> ``1 × h100 (CUDA_VISIBLE_DEVICES=0)``."""
+    items = []
+    for m in GRES_RE.finditer(gres):
+        count, kind = int(m["count"]), m["type"] or "any type"
+        items.append(f"{count} × {kind}" if m["kind"] == "gpu" else f"{count} GPU slice(s) of {kind}")
+    if not items:
+        return "none"
+    return f"{', '.join(items)} (CUDA_VISIBLE_DEVICES={cuda_visible_devices or 'unset'})"
+
+
+def format_time_left(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
+def _run(coroutine):
+    """Run a query from a notebook cell, whose thread already runs the kernel's event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+# ---------------------------------------------------------------- the panel
+
+
+class SessionPanel:
+    """The widgets; ``fields`` holds each value's widget by name (what the tests read)."""
+
+    FIELDS = (("job_id", "Job"), ("partition", "Partition"), ("account", "Account"), ("qos", "QOS"),
+              ("nodes", "Node"), ("gpus", "GPUs"), ("time_left", "Wall time left"), ("end_time", "Ends at"))
+
+    def __init__(self, batch_runs: BatchRuns | None = None, environ: dict | None = None, tick_seconds: float = 1.0):
+        self.environ = os.environ if environ is None else environ
+        self.batch_runs = batch_runs
+        self.tick_seconds = tick_seconds
+        self.end_time: datetime | None = None
+        self.fields = {name: widgets.Label(value="") for name, _ in self.FIELDS}
+        self.fields["gpu_figures"] = widgets.HTML(value="")
+        self.message = widgets.HTML(value="")
+        rows = [widgets.HBox([widgets.Label(value=title, layout=widgets.Layout(width="9em")), self.fields[name]])
+                for name, title in self.FIELDS]
+        refresh = widgets.Button(description="Refresh", tooltip="read the job and the GPUs again")
+        refresh.on_click(lambda _: self.refresh())
+        self.runs_section = self._batch_runs_section()
+        self.widget = widgets.VBox([widgets.HTML(value="<b>This session</b>"), self.message, *rows,
+                                    self.fields["gpu_figures"], refresh, self.runs_section])
+        self._stop = threading.Event()
+        self.refresh()
+        if self.end_time is not None:
+            threading.Thread(target=self._tick, name="aifactory-panel-clock", daemon=True).start()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.widget.close()
+
+    def values(self) -> dict[str, str]:
+        return {name: widget.value for name, widget in self.fields.items()}
+
+    def refresh(self) -> None:
+        """Read the job (squeue) and the GPUs (nvidia-smi) again."""
+        job_id = self.environ.get("SLURM_JOB_ID", "")
+        job = None
+        if not job_id:
+            self.message.value = "This kernel does not run in a Slurm job: no session to show."
+        else:
+            try:
+                job = _run(queries.session_job(job_id))
+                self.message.value = "" if job else f"Slurm no longer lists job {html.escape(job_id)}."
+            except (queries.SlurmUnavailable, queries.SlurmCommandError, ValueError) as e:
+                self.message.value = f"Slurm did not answer: {html.escape(str(e))}"
+        cuda = self.environ.get("CUDA_VISIBLE_DEVICES", "")
+        values = {name: "" for name, _ in self.FIELDS}
+        if job:
+            values.update(job_id=job.job_id, partition=job.partition, account=job.account, qos=job.qos or "-",
+                          nodes=job.nodes, gpus=describe_gres(job.gres, cuda),
+                          end_time=f"{job.end_time:%Y-%m-%d %H:%M:%S}" if job.end_time else "unknown")
+            self.end_time = job.end_time
+        for name, value in values.items():
+            self.fields[name].value = value
+        self._show_time_left()
+        self.fields["gpu_figures"].value = self._gpu_table(nvidia_smi())
+
+    def _show_time_left(self) -> None:
+        if self.end_time is not None:
+            self.fields["time_left"].value = format_time_left((self.end_time - datetime.now()).total_seconds())
+
+    def _tick(self) -> None:
+        # a thread, not a task of the kernel's loop: the clock goes on while a cell runs
+        while not self._stop.wait(self.tick_seconds):
+            self._show_time_left()
+
+    @staticmethod
+    def _gpu_table(gpus: list[GpuFigures] | None) -> str:
+        if gpus is None:
+            return html.escape(NO_NVIDIA_SMI)
+        if not gpus:
+            return "nvidia-smi lists no GPUs for this session"
+        rows = "".join(
+            f"<tr><td>{html.escape(g.index)}</td><td>{html.escape(g.name)}</td>"
+            f"<td>{g.memory_used_mib} / {g.memory_total_mib} MiB</td><td>{g.utilization_percent} %</td></tr>"
+            for g in gpus)
+        return ("<table><tr><th>GPU</th><th>Model</th><th>Memory used</th><th>Utilisation</th></tr>"
+                f"{rows}</table>")
+
+    # ------------------------------------------------------------ batch runs
+
+    def _batch_runs_section(self) -> widgets.VBox:
+        title = widgets.HTML(value="<b>Batch runs</b>")
+        if self.batch_runs is None:
+            return widgets.VBox([title, widgets.HTML(value=NO_BATCH_RUNS)])
+        self.runs_table = widgets.HTML(value="")
+        self.notebook_path = widgets.Text(placeholder="notebook path, e.g. project/train.ipynb",
+                                          description="Notebook")
+        submit = widgets.Button(description="Submit as batch job")
+        self.submit_message = widgets.HTML(value="")
+        submit.on_click(lambda _: self.submit(self.notebook_path.value))
+        self.show_runs()
+        return widgets.VBox([title, self.runs_table, widgets.HBox([self.notebook_path, submit]),
+                             self.submit_message])
+
+    def show_runs(self) -> None:
+        try:
+            runs = list(self.batch_runs.runs())
+        except (queries.SlurmUnavailable, queries.SlurmCommandError) as e:
+            self.runs_table.value = f"Slurm did not answer: {html.escape(str(e))}"
+            return
+        if not runs:
+            self.runs_table.value = "No batch runs yet."
+            return
+        rows = "".join(f"<tr><td>{html.escape(r.job_id)}</td><td>{html.escape(r.notebook)}</td>"
+                       f"<td>{html.escape(r.state)}</td></tr>" for r in runs)
+        self.runs_table.value = f"<table><tr><th>Job</th><th>Notebook</th><th>State</th></tr>{rows}</table>"
+
+    def submit(self, notebook: str) -> None:
+        try:
+            job_id = self.batch_runs.submit(notebook.strip())
+        except ValueError as e:
+            self.submit_message.value = f"Not submitted: {html.escape(str(e))}"
+            return
+        self.submit_message.value = f"Submitted {html.escape(notebook)} as job {html.escape(job_id)}."
+        self.show_runs()
+
+
+def panel(batch_runs: BatchRuns | None = None) -> SessionPanel:
+    """The session panel for this kernel's Slurm job; the last expression of a cell shows it."""
+    return SessionPanel(batch_runs)
