@@ -21,6 +21,20 @@ def test_spawner_and_named_servers(site):
     assert c.AIFactorySpawner.max_queue_wait == site.max_queue_wait_seconds
     assert c.AIFactorySpawner.site_file == str(site.path)
     assert c.JupyterHub.db_url == "sqlite:////srv/hub/jupyterhub.sqlite"
+    assert c.JupyterHub.concurrent_spawn_limit == site.concurrent_spawn_limit == 200
+
+
+def test_reconcile_service_with_the_hubs_own_tag(site):
+    from aifactory.hub.hubconfig import hub_tag
+
+    c = applied(site, state_dir="/srv/hub")
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    command = services["reconcile"]["command"]
+    assert command[command.index("--tag") + 1] == c.AIFactorySpawner.hub_tag == hub_tag("/srv/hub")
+    assert hub_tag("/srv/hub") != hub_tag("/srv/other-hub")
+    assert f"--interval={site.reconcile_seconds}" in command
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert {"admin:server_state", "delete:servers", "list:users"} <= set(roles["reconcile"]["scopes"])
 
 
 def test_pam_by_default_with_groups_and_admins(site):

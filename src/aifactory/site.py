@@ -159,6 +159,8 @@ class Site:
     workshops: WorkshopSettings = field(default_factory=WorkshopSettings)
     nodes: tuple[Node, ...] = ()
     reconcile_seconds: int = 60
+    # starts the hub handles at once (pending in the queue included); more are told to retry
+    concurrent_spawn_limit: int = 200
     usage: UsageSettings = field(default_factory=UsageSettings)
     data: DataSettings = field(default_factory=DataSettings)
     runs: RunSettings = field(default_factory=RunSettings)
@@ -546,6 +548,8 @@ def load_site(path: str | Path) -> Site:
         max_queue_wait_seconds=_get(spawn, "max_queue_wait_seconds", "spawn", int),
         startup_seconds=_get(spawn, "startup_seconds", "spawn", int),
         reconcile_seconds=_positive(_get(spawn, "reconcile_seconds", "spawn", int, 60), "spawn.reconcile_seconds"),
+        concurrent_spawn_limit=_positive(_get(spawn, "concurrent_spawn_limit", "spawn", int, 200),
+                                         "spawn.concurrent_spawn_limit"),
         groups=groups,
         demo_users=_load_demo_users(raw, accounts, qos),
         authentication=auth,

@@ -51,6 +51,9 @@ def apply_spawner(c, site: Site, venv: str) -> None:
     c.AIFactorySpawner.job_site_file = f"{PUBLISHED_DIR}/site.yaml"
     c.AIFactorySpawner.max_queue_wait = site.max_queue_wait_seconds
     c.AIFactorySpawner.startup_timeout = site.startup_seconds
+    # a start waiting in the Slurm queue counts as a spawn in progress: JupyterHub's default (100)
+    # would turn away the 101st student of a busy morning with 429
+    c.JupyterHub.concurrent_spawn_limit = site.concurrent_spawn_limit
     c.Spawner.default_url = "/lab"
     c.Spawner.environment = {"PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin"}
     c.Spawner.http_timeout = site.startup_seconds
