@@ -205,3 +205,34 @@ def test_live_squeue_through_the_poller(slurm_cluster):
 
 def slurm_host() -> str:
     return subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+
+
+# `sacct -X -n -P -j 1253,1255,1256 -o JobID,State,ExitCode,Elapsed` on the demo cluster
+SACCT = "1253|NODE_FAIL|0:0|00:00:03\n1255|TIMEOUT|0:0|00:01:07\n1256|RUNNING|0:0|00:00:09\n"
+
+
+def test_jobs_that_left_the_queue_share_one_sacct(monkeypatch):
+    fake = FakeSlurm(SACCT)
+    monkeypatch.setattr(slurm, "run", fake)
+
+    async def scenario():
+        poller = JobPoller(busy_interval=0.05)
+        return await asyncio.gather(poller.record("1253"), poller.record("1255"), poller.record("9999", attempts=1),
+                                    poller.record("1256", settled=False))
+
+    records = run(scenario())
+    assert [r.state if r else None for r in records] == ["NODE_FAIL", "TIMEOUT", None, "RUNNING"]
+    assert len(fake.calls) == 1
+    assert fake.calls[0][:6] == ["sacct", "-X", "-n", "-P", "-j", "1253,1255,1256,9999"]
+
+
+def test_a_record_waits_until_accounting_has_the_end(monkeypatch):
+    fake = FakeSlurm("1256|RUNNING|0:0|00:00:09\n", "1256|COMPLETED|0:0|00:00:10\n")
+    monkeypatch.setattr(slurm, "run", fake)
+    record = run(JobPoller().record("1256"))
+    assert record.state == "COMPLETED" and len(fake.calls) == 2
+
+
+def test_accounting_trouble_is_no_record_not_a_crash(monkeypatch):
+    monkeypatch.setattr(slurm, "run", FakeSlurm(slurm.SlurmUnavailable("slurmdbd down")))
+    assert run(JobPoller().record("1256", attempts=2)) is None

@@ -396,10 +396,7 @@ class AIFactorySpawner(SlurmSpawner):
         )
 
     async def _death_report(self, job_id: str) -> str:
-        try:
-            record = await slurm.job_record(job_id)
-        except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
-            record = None
+        record = await self.poller.record(job_id, attempts=3)
         home = pwd.getpwnam(self.user.name).pw_dir
         state = f" ({record.state}, exit code {record.exit_code})" if record else ""
         return (f"Your session's Slurm job {job_id} ended before JupyterLab was ready{state}. "
@@ -598,14 +595,6 @@ class AIFactorySpawner(SlurmSpawner):
 
     async def _log_end(self, job_id: str) -> None:
         """Why the job ended (sacct), for the hub's log: time limit, node failure, cancelled, ..."""
-        record = None
-        for _ in range(10):  # accounting records the end a moment after the queue drops the job
-            try:
-                record = await slurm.job_record(job_id)
-            except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
-                record = None
-            if record and record.state not in ("RUNNING", "PENDING", "COMPLETING"):
-                break
-            await asyncio.sleep(1)
+        record = await self.poller.record(job_id)
         ended = f"{record.state} (exit code {record.exit_code}, ran {record.elapsed})" if record else "unknown"
         self.log.info("Job %s of %s ended: %s; server stopped", job_id, self._log_name, ended)

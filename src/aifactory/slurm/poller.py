@@ -72,6 +72,9 @@ class JobPoller:
         self._polled = asyncio.Condition()
         self._wake = asyncio.Event()
         self._poked = False
+        self._records_wanted: dict[str, list[asyncio.Future]] = {}
+        self._records_task: asyncio.Task | None = None
+        self.sacct_calls = 0  # accounting look-ups (benchmarks count them)
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------ what spawners call
@@ -111,6 +114,42 @@ class JobPoller:
         except TimeoutError:
             return PollResult(None, "no Slurm poll finished in time", self.generation)
         return self.results.get(job_id) or PollResult(None, generation=self.generation)
+
+    async def record(self, job_id: str, settled: bool = True, attempts: int = 10) -> slurm.JobRecord | None:
+        """Accounting's record of a job that left the queue: the spawners that ask within a moment
+        share one ``sacct``. ``settled``: wait (up to ``attempts`` looks, a second apart) until it
+        records the end: accounting lags the queue by a moment. None when it does not answer."""
+        record = None
+        for _ in range(attempts):
+            future = asyncio.get_running_loop().create_future()
+            self._records_wanted.setdefault(job_id, []).append(future)
+            if self._records_task is None or self._records_task.done():
+                self._records_task = asyncio.ensure_future(self._look_up_records())
+            try:
+                record = await future
+            except (slurm.SlurmUnavailable, slurm.SlurmCommandError):
+                record = None
+            if not settled or (record and record.state not in ("RUNNING", "PENDING", "COMPLETING")):
+                return record
+            await asyncio.sleep(1)
+        return record
+
+    async def _look_up_records(self) -> None:
+        await asyncio.sleep(0.2)  # let the others that ask now join this sacct
+        wanted, self._records_wanted = self._records_wanted, {}
+        try:
+            records = await slurm.job_records(sorted(wanted, key=int), timeout=self.timeout)
+            self.sacct_calls += 1
+        except Exception as e:  # every waiter gets the answer, good or bad
+            for futures in wanted.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(e)
+            return
+        for job_id, futures in wanted.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(records.get(job_id))
 
     # ------------------------------------------------------------ the loop
 

@@ -320,6 +320,25 @@ def parse_sacct(sacct_text: str) -> JobRecord | None:
     return None
 
 
+def parse_sacct_records(sacct_text: str) -> dict[str, JobRecord]:
+    """``sacct -X -n -P -j ID,ID,... -o JobID,State,ExitCode,Elapsed``: the records by job id."""
+    records = {}
+    for line in sacct_text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4 and parts[0].isdigit():
+            records[parts[0]] = JobRecord(*parts)
+    return records
+
+
+async def job_records(job_ids: list[str], timeout: float = DEFAULT_TIMEOUT) -> dict[str, JobRecord]:
+    """Accounting's records of several jobs, one ``sacct`` call."""
+    ids = [j for j in job_ids if j.isdigit()]
+    if not ids:
+        return {}
+    return parse_sacct_records(await run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids),
+                                          "-o", "JobID,State,ExitCode,Elapsed"], timeout=timeout))
+
+
 async def user_jobs(usernames: list[str]) -> list[dict]:
     """The queue of these users, one squeue call (for the workshop overview)."""
     if not usernames:
