@@ -8,20 +8,19 @@ copies the notebooks into ``~/courses/<slug>`` and opens the first notebook.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 
 from aifactory.courses import load_courses
-from aifactory.services.hubservice import serve
-from aifactory.site import Site, load_site
+from aifactory.services.hubservice import main_with_site, site_page_app
+from aifactory.site import Site
 from aifactory.slurm import queries as slurm
 
 _templates = Environment(
@@ -117,6 +116,9 @@ async def running_sessions(hub_api_url: str, token: str) -> list[dict]:
 class OverviewHandler(HubOAuthenticated, web.RequestHandler):
     """Instructors and admins: who is running, on what, for which course."""
 
+    def initialize(self, site: Site) -> None:
+        self.site = site
+
     @web.authenticated
     async def get(self):
         user = self.get_current_user()
@@ -131,23 +133,11 @@ class OverviewHandler(HubOAuthenticated, web.RequestHandler):
 
 
 def make_app(site: Site) -> web.Application:
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/catalogue/")
-    return web.Application(
-        [
-            (prefix, CatalogueHandler, {"site": site}),
-            (url_path_join(prefix, "running"), OverviewHandler),
-            (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
-            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
-        ],
-        cookie_secret=os.urandom(32),
-    )
+    return site_page_app("/services/catalogue/", [("", CatalogueHandler), ("running", OverviewHandler)], site)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--site", required=True)
-    args = parser.parse_args()
-    serve(make_app(load_site(args.site)), "http://127.0.0.1:10101")
+    main_with_site(make_app, "http://127.0.0.1:10101", __doc__)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,17 @@ permissions (``aifactory data publish``).
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 
 from aifactory.data.registry import Dataset, RegistryError, load_registry
-from aifactory.services.hubservice import serve
-from aifactory.site import Site, load_site
+from aifactory.services.hubservice import main_with_site, site_page_app
+from aifactory.site import Site
 from aifactory.slurm import queries as slurm
 
 _templates = Environment(
@@ -68,22 +67,11 @@ class DataHandler(HubOAuthenticated, web.RequestHandler):
 
 
 def make_app(site: Site) -> web.Application:
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/data/")
-    return web.Application(
-        [
-            (prefix, DataHandler, {"site": site}),
-            (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
-            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
-        ],
-        cookie_secret=os.urandom(32),
-    )
+    return site_page_app("/services/data/", [("", DataHandler)], site)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--site", required=True)
-    args = parser.parse_args()
-    serve(make_app(load_site(args.site)), "http://127.0.0.1:10103")
+    main_with_site(make_app, "http://127.0.0.1:10104", __doc__)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,16 @@ when the hub says."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from jupyterhub.services.auth import HubOAuthCallbackHandler
+from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
+
+from aifactory.site import Site, load_site
 
 
 def serve(app: web.Application, default_url: str,
@@ -26,3 +31,25 @@ def serve(app: web.Application, default_url: str,
         loop.start()
     except KeyboardInterrupt:
         pass
+
+
+def site_page_app(default_prefix: str, pages: list[tuple], site: Site) -> web.Application:
+    """A service's application: its pages (``(path below the prefix, handler)``, each given the
+    site), the prefix without its slash redirected, and the hub's OAuth callback."""
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", default_prefix)
+    return web.Application(
+        [
+            *((url_path_join(prefix, path) if path else prefix, handler, {"site": site}) for path, handler in pages),
+            (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
+            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        ],
+        cookie_secret=os.urandom(32),
+    )
+
+
+def main_with_site(make_app: Callable[[Site], web.Application], default_url: str, doc: str | None) -> None:
+    """``python -m aifactory.services.X --site SITE``: load the site file, serve the app."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--site", required=True)
+    args = parser.parse_args()
+    serve(make_app(load_site(args.site)), default_url)

@@ -8,7 +8,6 @@ default: the last 12 weeks); ``?format=csv`` gives the summary as CSV, ``&rows=j
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import os
@@ -16,13 +15,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
-from jupyterhub.utils import url_path_join
+from jupyterhub.services.auth import HubOAuthenticated
 from tornado import web
 
 from aifactory.services import usage_report
-from aifactory.services.hubservice import serve
-from aifactory.site import Site, load_site
+from aifactory.services.hubservice import main_with_site, site_page_app
+from aifactory.site import Site
 from aifactory.slurm import usage
 from aifactory.slurm.queries import SlurmCommandError, SlurmUnavailable
 
@@ -102,22 +100,11 @@ class UsageHandler(HubOAuthenticated, web.RequestHandler):
 
 
 def make_app(site: Site) -> web.Application:
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/usage/")
-    return web.Application(
-        [
-            (prefix, UsageHandler, {"site": site}),
-            (prefix.rstrip("/"), web.RedirectHandler, {"url": prefix}),
-            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
-        ],
-        cookie_secret=os.urandom(32),
-    )
+    return site_page_app("/services/usage/", [("", UsageHandler)], site)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--site", required=True)
-    args = parser.parse_args()
-    serve(make_app(load_site(args.site)), "http://127.0.0.1:10103")
+    main_with_site(make_app, "http://127.0.0.1:10103", __doc__)
 
 
 if __name__ == "__main__":
