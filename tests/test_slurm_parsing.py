@@ -76,6 +76,17 @@ def test_associations_default_account_first():
     assert associations[0].default_qos == "interactive"
 
 
+def test_associations_with_the_default_account_in_one_call():
+    # sacctmgr -n -P show user t-admin1 withassoc format=defaultaccount,account,qos,defaultqos
+    text = ("uni-research|regional-health|interactive,workshop|interactive\n"
+            "uni-research|uni-research|interactive,workshop|interactive\n")
+    associations = slurm.parse_user_with_associations(text)
+    assert [(a.account, a.is_default_account) for a in associations] == [
+        ("uni-research", True), ("regional-health", False)]
+    assert associations[1].qos == ("interactive", "workshop")
+    assert slurm.parse_user_with_associations("") == []
+
+
 def test_reservations():
     reservation = slurm.parse_reservations(SCONTROL_RES)["ml-workshop"]
     assert reservation.accounts == ("uni-teaching",) and reservation.users == ()

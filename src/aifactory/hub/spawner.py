@@ -234,7 +234,9 @@ class AIFactorySpawner(SlurmSpawner):
                                            min(self.standing_cache_seconds, self.context_cache_seconds))
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             raise web.HTTPError(503, f"The cluster did not answer ({e}); please try again in a minute.") from e
-        courses, _ = load_courses(self.site)
+        # reading every course.yaml takes ~50 ms: once per interval for everybody, off the event loop
+        courses, _ = await cached(("courses", str(self.site.path)), self.context_cache_seconds,
+                                  lambda: asyncio.to_thread(load_courses, self.site))
         return UserContext(username, associations, reservations, gpus, courses, slices,
                            self.workshop_store.bookings_for(username) if self.workshop_store else {}, standing)
 

@@ -86,10 +86,18 @@ def parse_associations(assoc_text: str, default_account: str = "") -> list[Assoc
     return sorted(associations.values(), key=lambda a: (not a.is_default_account, a.account))
 
 
+def parse_user_with_associations(text: str) -> list[Association]:
+    """``sacctmgr -n -P show user U withassoc format=defaultaccount,account,qos,defaultqos``: the
+    default account leads every line."""
+    rows = [line.strip().split("|", 1) for line in text.splitlines() if line.count("|") >= 3]
+    default_account = rows[0][0] if rows else ""
+    return parse_associations("\n".join(rest for _, rest in rows), default_account)
+
+
 async def user_associations(username: str) -> list[Association]:
-    assoc = await run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={username}", f"format={ASSOC_FORMAT}"])
-    user = await run(["sacctmgr", "-n", "-P", "show", "user", username, "format=defaultaccount"])
-    return parse_associations(assoc, user.strip().splitlines()[0] if user.strip() else "")
+    """The user's associations and default account: one sacctmgr call (a slurmdbd round trip)."""
+    return parse_user_with_associations(await run(
+        ["sacctmgr", "-n", "-P", "show", "user", username, "withassoc", f"format=defaultaccount,{ASSOC_FORMAT}"]))
 
 
 def parse_account_users(assoc_text: str) -> dict[str, set[str]]:
