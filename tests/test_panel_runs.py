@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -349,3 +350,96 @@ def test_bad_input_in_the_form_is_shown_and_submits_nothing(as_researcher):
 
 
 # ---------------------------------------------------------------- in a real lab, in a browser
+
+# sudo drops PYTHONPATH even with -E: the session's server command sets it, so the lab's kernels
+# import this checkout (as in test_walltime.py)
+SERVER_OF_THIS_CHECKOUT = ["--Spawner.cmd=/usr/bin/env", f"--Spawner.cmd=PYTHONPATH={ROOT / 'src'}",
+                           "--Spawner.cmd=/opt/aifactory/venv/bin/jupyterhub-singleuser"]
+
+
+@pytest.fixture
+def panel_session(slurm_cluster, tmp_path_factory):
+    """A hub on this test's ports, a notebook in the researcher's home that shows the panel; afterwards
+    the session stops and every run submitted from it is cancelled and removed."""
+    import nbformat
+    from hubtools import Hub
+
+    user = pwd.getpwnam(USER)
+    notebook = Path(user.pw_dir) / f"panelruns-{uuid.uuid4().hex[:8]}.ipynb"
+    parameters = nbformat.v4.new_code_cell("LR = 0.1")
+    parameters.metadata["tags"] = ["parameters"]
+    results = nbformat.v4.new_code_cell("results = {'loss': (1 - LR) ** 2}")
+    results.metadata["tags"] = ["results"]
+    nbformat.write(nbformat.v4.new_notebook(
+        cells=[parameters, nbformat.v4.new_code_cell("from aifactory.widgets import panel\npanel()"), results],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), notebook)
+    os.chown(notebook, user.pw_uid, user.pw_gid)
+    hub = Hub(tmp_path_factory.mktemp("panel-runs-hub"), HUB_SITE_FILE, port=HUB_PORT,
+              extra_args=SERVER_OF_THIS_CHECKOUT)
+    hub.start()
+    submitted: list[tuple[str, str]] = []
+    yield hub, notebook, submitted
+    for run_id, job_id in submitted:
+        subprocess.run(["scancel", job_id], check=False)
+        shutil.rmtree(Path(user.pw_dir) / "aifactory-runs" / run_id, ignore_errors=True)
+    hub.stop_all_servers()
+    hub.stop()
+    notebook.unlink(missing_ok=True)
+
+
+@pytest.mark.slurm
+@pytest.mark.hub
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_sweep_submitted_from_the_panel_in_jupyterlab(panel_session):
+    from conftest import chromium_path
+    from hubtools import PASSWORDS
+    from playwright.sync_api import sync_playwright
+
+    hub, notebook, submitted = panel_session
+    r = hub.spawn(USER, {"partition": "cpu", "gpus": 0, "cpus": 1, "memory_gb": 1, "hours": 1})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(USER, timeout=120)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", USER)
+        page.fill("#password_input", PASSWORDS[USER])
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/**")
+        page.goto(f"{hub.url}/user/{USER}/lab/tree/{notebook.name}")
+        page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for()
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # a cell run before the kernel is up is dropped
+        page.locator(".jp-Notebook .jp-Cell .cm-content").nth(1).click()
+        page.keyboard.press("Shift+Enter")
+
+        # the form knows the notebook (JPY_SESSION_NAME) and the session's partition
+        path_field = page.locator(".aif-runs-notebook input")
+        path_field.wait_for()
+        assert path_field.input_value() == notebook.name
+        assert page.locator(".aif-runs-partition select").input_value() == "cpu"
+        page.locator(".aif-runs-param-name-0 input").fill("LR")
+        page.locator(".aif-runs-param-values-0 input").fill("0.2, 0.5")
+        page.locator(".aif-runs-submit").click()
+        message = page.locator(".aif-runs-message", has_text="Submitted run")
+        message.wait_for()
+        match = re.search(r"Submitted run (\S+): job array (\d+) with 2 task\(s\)", message.inner_text())
+        assert match, message.inner_text()
+        run_id, job_id = match[1], match[2]
+        submitted.append((run_id, job_id))
+        row = page.locator(".aif-runs-row", has_text=job_id)
+        row.wait_for()
+        assert run_id in row.inner_text() and notebook.name in row.inner_text()
+        # the same job array for Slurm: the researcher's, named after the run
+        sacct = _sacct(job_id)
+        assert {(r[1], r[2]) for r in sacct} == {(f"aifactory-run-{run_id}", USER)} and len(sacct) == 2, sacct
+        # the table follows the run by itself (the panel's refresh thread); its results get a plot
+        page.locator(".aif-runs-row", has_text=job_id).filter(has_text="COMPLETED").wait_for(timeout=120_000)
+        plot = page.locator(".aif-runs-plot img")
+        plot.wait_for()
+        plot.scroll_into_view_if_needed()
+        page.screenshot(path=str(hub.state / "panel-runs.png"))
+        browser.close()
+    assert {r[3] for r in _sacct(job_id)} == {"COMPLETED"}

@@ -27,6 +27,7 @@ from aifactory.slurm import queries
 
 PARAMETER_ROWS = 3
 MAX_LISTED_RUNS = 10
+IDLE_FACTOR, IDLE_REFRESH_SECONDS = 6, 30  # refresh interval while none of the listed runs is active
 SWEEP_HINT = "one value, or comma-separated values for a sweep (e.g. 0.05, 0.2, 0.5)"
 
 
@@ -127,6 +128,7 @@ class BatchRunsSection:
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._collected: dict[str, list[dict]] = {}  # finished runs do not change: collect once
         self.runs: list[Run] = []
         self.figure = None
@@ -223,6 +225,7 @@ class BatchRunsSection:
                               f"with {len(run.tasks)} task(s) on partition "
                               f"{html.escape(str(run.options.get('partition', '')))}.")
         self.refresh()
+        self._wake.set()
         return run
 
     def cancel(self, run_id: str) -> None:
@@ -237,14 +240,19 @@ class BatchRunsSection:
     # ------------------------------------------------------------ table
 
     def _poll(self) -> None:
-        # a thread, like the panel's clock: the table stays current while cells run
-        wait = 0.0
-        while not self._stop.wait(wait):
+        # a thread, like the panel's clock: the table stays current while cells run; while no run
+        # is active it asks Slurm less often (every open panel of every user polls squeue and sacct),
+        # and a submission wakes it
+        while not self._stop.is_set():
             self.refresh()
-            wait = self.refresh_seconds
+            active = any(not run.finished for run in self.runs)
+            self._wake.wait(self.refresh_seconds if active
+                            else max(self.refresh_seconds * IDLE_FACTOR, IDLE_REFRESH_SECONDS))
+            self._wake.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def refresh(self) -> None:
         """Read the runs again (squeue/sacct through the runs API) and update table and plot."""
@@ -268,13 +276,14 @@ class BatchRunsSection:
         if not self.runs:
             self._show_table([widgets.HTML(value="No batch runs yet.")], ("none",))
             return
-        columns = ("Run", "Job", "Notebook", "State")
-        width = widgets.Layout(width="16em")
-        header = widgets.HBox([widgets.HTML(value=f"<b>{c}</b>", layout=width) for c in columns])
+        columns = {"Run": "24em", "Job": "6em", "Notebook": "14em", "State": "16em"}
+        header = widgets.HBox([widgets.HTML(value=f"<b>{c}</b>", layout=widgets.Layout(width=w))
+                               for c, w in columns.items()])
         rows, shown, self.cancel_buttons = [header], [], {}
         for run in self.runs:
             values = (run.run_id, run.job_id, Path(run.notebook).name, describe_run(run))
-            cells = [widgets.Label(value=v, layout=width) for v in values]
+            cells = [widgets.Label(value=v, layout=widgets.Layout(width=w))
+                     for v, w in zip(values, columns.values(), strict=True)]
             if not run.finished:
                 button = widgets.Button(description="Cancel", button_style="warning",
                                         tooltip=f"scancel job array {run.job_id}")
