@@ -205,6 +205,7 @@ def test_panel_ticks_in_jupyterlab_inside_a_job(slurm_cluster, job_dir):
             assert time.monotonic() < deadline, "the lab server of the job did not start"
             time.sleep(1)
         page.goto(f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}")
+        page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # a cell run before the kernel is up is dropped
         page.locator(".jp-Notebook .jp-Cell .cm-content").first.click()
         page.keyboard.press("Shift+Enter")
         row = page.locator(".widget-hbox", has_text="Wall time left").locator(".widget-label").nth(1)
