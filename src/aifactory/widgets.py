@@ -6,9 +6,11 @@ left, ticking down to the job's end time. The facts come from ``squeue`` (throug
 ``CUDA_VISIBLE_DEVICES``, which the kernel inherits from the job); GPU figures from ``nvidia-smi``
 where the node has it.
 
-Batch runs plug in later: pass an object with ``runs()`` and ``submit(notebook)`` (the
-:class:`BatchRuns` protocol, which ``aifactory.runs`` is to provide) as ``panel(batch_runs=...)``.
-Without one the section says where batch runs come from; it never shows made-up runs.
+Below it, the "Batch runs" section (:mod:`aifactory.runs.panel`): submit this notebook as a batch
+run or a sweep, follow and cancel your runs, plot a sweep's results. It uses ``aifactory.runs``;
+``panel(batch_runs=...)`` takes another implementation of its ``BatchRuns`` protocol.
+Outside a Slurm job (a notebook run by papermill, a plain Jupyter) the panel says there is no
+session to show; the runs section still lists and submits runs where Slurm answers.
 """
 
 from __future__ import annotations
@@ -21,44 +23,17 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 import ipywidgets as widgets
 
+from aifactory.runs.panel import BatchRuns, BatchRunsSection, current_notebook
 from aifactory.slurm import queries
 
 NVIDIA_SMI_QUERY = "index,name,memory.used,memory.total,utilization.gpu"
 NO_NVIDIA_SMI = "nvidia-smi is not available on this node: no GPU figures"
-NO_BATCH_RUNS = ("Batch runs come from <code>aifactory submit NOTEBOOK</code> in a terminal (a notebook run "
-                 "as a Slurm job); they are listed here once batch runs are connected to this panel.")
 GRES_RE = re.compile(r"(?<![\w])(?P<kind>gpu|shard)(?::(?P<type>[A-Za-z][\w.-]*))?:(?P<count>\d+)")
-
-
-# ---------------------------------------------------------------- batch runs: the plug-in point
-
-
-class BatchRun(Protocol):
-    """One batch run as the panel lists it."""
-
-    job_id: str
-    notebook: str
-    state: str  # Slurm's state: PENDING, RUNNING, COMPLETED, FAILED, ...
-
-
-class BatchRuns(Protocol):
-    """What the panel needs from batch runs (``aifactory.runs``)."""
-
-    def runs(self) -> Iterable[BatchRun]:
-        """The user's batch runs, newest first."""
-
-    def submit(self, notebook: str) -> str:
-        """Submit a notebook (path relative to the home folder) as a batch job; returns its job id.
-
-        Raises ValueError with a message for the user when the notebook or its settings are refused.
-        """
 
 
 # ---------------------------------------------------------------- facts
@@ -140,11 +115,12 @@ class SessionPanel:
     FIELDS = (("job_id", "Job"), ("partition", "Partition"), ("account", "Account"), ("qos", "QOS"),
               ("nodes", "Node"), ("gpus", "GPUs"), ("time_left", "Wall time left"), ("end_time", "Ends at"))
 
-    def __init__(self, batch_runs: BatchRuns | None = None, environ: dict | None = None, tick_seconds: float = 1.0):
+    def __init__(self, batch_runs: BatchRuns | None = None, environ: dict | None = None, tick_seconds: float = 1.0,
+                 site=None, refresh_seconds: float = 5.0):
         self.environ = os.environ if environ is None else environ
-        self.batch_runs = batch_runs
         self.tick_seconds = tick_seconds
         self.end_time: datetime | None = None
+        self.job = None
         self.fields = {name: widgets.Label(value="") for name, _ in self.FIELDS}
         self.fields["gpu_figures"] = widgets.HTML(value="")
         self.message = widgets.HTML(value="")
@@ -152,11 +128,12 @@ class SessionPanel:
                 for name, title in self.FIELDS]
         refresh = widgets.Button(description="Refresh", tooltip="read the job and the GPUs again")
         refresh.on_click(lambda _: self.refresh())
-        self.runs_section = self._batch_runs_section()
-        self.widget = widgets.VBox([widgets.HTML(value="<b>This session</b>"), self.message, *rows,
-                                    self.fields["gpu_figures"], refresh, self.runs_section])
         self._stop = threading.Event()
         self.refresh()
+        self.runs: BatchRunsSection | None = None
+        self.runs_section = self._batch_runs_section(batch_runs, site, refresh_seconds)
+        self.widget = widgets.VBox([widgets.HTML(value="<b>This session</b>"), self.message, *rows,
+                                    self.fields["gpu_figures"], refresh, self.runs_section])
         if self.end_time is not None:
             threading.Thread(target=self._tick, name="aifactory-panel-clock", daemon=True).start()
 
@@ -165,6 +142,8 @@ class SessionPanel:
 
     def close(self) -> None:
         self._stop.set()
+        if self.runs:
+            self.runs.close()
         self.widget.close()
 
     def values(self) -> dict[str, str]:
@@ -189,6 +168,7 @@ class SessionPanel:
                           nodes=job.nodes, gpus=describe_gres(job.gres, cuda),
                           end_time=f"{job.end_time:%Y-%m-%d %H:%M:%S}" if job.end_time else "unknown")
             self.end_time = job.end_time
+        self.job = job
         for name, value in values.items():
             self.fields[name].value = value
         self._show_time_left()
@@ -218,43 +198,40 @@ class SessionPanel:
 
     # ------------------------------------------------------------ batch runs
 
-    def _batch_runs_section(self) -> widgets.VBox:
-        title = widgets.HTML(value="<b>Batch runs</b>")
-        if self.batch_runs is None:
-            return widgets.VBox([title, widgets.HTML(value=NO_BATCH_RUNS)])
-        self.runs_table = widgets.HTML(value="")
-        self.notebook_path = widgets.Text(placeholder="notebook path, e.g. project/train.ipynb",
-                                          description="Notebook")
-        submit = widgets.Button(description="Submit as batch job")
-        self.submit_message = widgets.HTML(value="")
-        submit.on_click(lambda _: self.submit(self.notebook_path.value))
-        self.show_runs()
-        return widgets.VBox([title, self.runs_table, widgets.HBox([self.notebook_path, submit]),
-                             self.submit_message])
+    def _batch_runs_section(self, batch_runs: BatchRuns | None, site, refresh_seconds: float) -> widgets.Widget:
+        if site is None:
+            from aifactory.cli import default_site
+            from aifactory.site import SiteError, load_site
 
-    def show_runs(self) -> None:
-        try:
-            runs = list(self.batch_runs.runs())
-        except (queries.SlurmUnavailable, queries.SlurmCommandError) as e:
-            self.runs_table.value = f"Slurm did not answer: {html.escape(str(e))}"
-            return
-        if not runs:
-            self.runs_table.value = "No batch runs yet."
-            return
-        rows = "".join(f"<tr><td>{html.escape(r.job_id)}</td><td>{html.escape(r.notebook)}</td>"
-                       f"<td>{html.escape(r.state)}</td></tr>" for r in runs)
-        self.runs_table.value = f"<table><tr><th>Job</th><th>Notebook</th><th>State</th></tr>{rows}</table>"
+            try:
+                site = load_site(default_site())
+            except (SiteError, OSError) as e:
+                return widgets.HTML(value=f"<b>Batch runs</b><br>The site file cannot be read: {html.escape(str(e))}")
+        if batch_runs is None:
+            from aifactory import runs as batch_runs
+        defaults = {}
+        if self.job:
+            # a batch run of this notebook asks for what its session has, by default
+            gpus = sum(int(m["count"]) for m in GRES_RE.finditer(self.job.gres) if m["kind"] == "gpu")
+            defaults = {"partition": self.job.partition, "gpus": gpus, "account": self.job.account}
+        ipython = _ipython()
+        self.runs = BatchRunsSection(
+            batch_runs, site, notebook=current_notebook(self.environ, ipython and (lambda: ipython.user_ns)),
+            defaults=defaults, refresh_seconds=refresh_seconds)
+        return self.runs.widget
 
-    def submit(self, notebook: str) -> None:
-        try:
-            job_id = self.batch_runs.submit(notebook.strip())
-        except ValueError as e:
-            self.submit_message.value = f"Not submitted: {html.escape(str(e))}"
-            return
-        self.submit_message.value = f"Submitted {html.escape(notebook)} as job {html.escape(job_id)}."
-        self.show_runs()
+
+def _ipython():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
 
 
 def panel(batch_runs: BatchRuns | None = None) -> SessionPanel:
-    """The session panel for this kernel's Slurm job; the last expression of a cell shows it."""
+    """The session panel for this kernel's Slurm job; the last expression of a cell shows it.
+
+    ``batch_runs``: where the "Batch runs" section submits and lists runs (default: ``aifactory.runs``).
+    """
     return SessionPanel(batch_runs)
