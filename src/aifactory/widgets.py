@@ -15,8 +15,6 @@ session to show; the runs section still lists and submits runs where Slurm answe
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import html
 import os
 import re
@@ -28,6 +26,7 @@ from datetime import datetime
 
 import ipywidgets as widgets
 
+from aifactory.runs.api import run_sync
 from aifactory.runs.panel import BatchRuns, BatchRunsSection, current_notebook
 from aifactory.slurm import queries
 
@@ -96,16 +95,6 @@ def format_time_left(seconds: float) -> str:
     return f"{days}-{text}" if days else text
 
 
-def _run(coroutine):
-    """Run a query from a notebook cell, whose thread already runs the kernel's event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 # ---------------------------------------------------------------- the panel
 
 
@@ -157,7 +146,7 @@ class SessionPanel:
             self.message.value = "This kernel does not run in a Slurm job: no session to show."
         else:
             try:
-                job = _run(queries.session_job(job_id))
+                job = run_sync(queries.session_job(job_id))
                 self.message.value = "" if job else f"Slurm no longer lists job {html.escape(job_id)}."
             except (queries.SlurmUnavailable, queries.SlurmCommandError, ValueError) as e:
                 self.message.value = f"Slurm did not answer: {html.escape(str(e))}"

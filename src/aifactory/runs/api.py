@@ -88,7 +88,7 @@ class Run:
         return counts
 
 
-def _sync(coroutine):
+def run_sync(coroutine):
     """Run a coroutine from sync code, also inside a running event loop (a Jupyter kernel)."""
     try:
         asyncio.get_running_loop()
@@ -102,7 +102,7 @@ def _query(make_coroutine, attempts: int = 4):
     """A read-only Slurm query, retried while the controller restarts (it refuses for a few seconds)."""
     for attempt in range(attempts):
         try:
-            return _sync(make_coroutine())
+            return run_sync(make_coroutine())
         except slurm.SlurmUnavailable:
             if attempt == attempts - 1:
                 raise
@@ -179,7 +179,7 @@ def submit(notebook: str | Path, parameters: dict | None = None, sweep=None, res
                     "kernel": nb.kernel_name(source), "tasks": tasks, "options": options.as_dict(),
                     "submitted": datetime.now().astimezone().isoformat(timespec="seconds"), "job_id": ""}
         store.write_json(folder / "run.json", run_plan)
-        job_id = _sync(arrays.submit_script(batch))
+        job_id = run_sync(arrays.submit_script(batch))
     except (OSError, ValueError, slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
         # nothing was submitted: leave no half-made run behind
         shutil.rmtree(folder, ignore_errors=True)
@@ -261,7 +261,7 @@ def cancel(run_id: str, site: Site | str | None = None) -> Run:
     run = show(run_id, site)
     if not run.finished:
         try:
-            _sync(arrays.cancel(run.job_id))
+            run_sync(arrays.cancel(run.job_id))
         except (slurm.SlurmUnavailable, slurm.SlurmCommandError) as e:
             raise RunError(f"scancel {run.job_id} failed: {e}") from e
     return show(run_id, site)
