@@ -167,6 +167,15 @@ def test_panel_inside_a_gpu_job_shows_that_jobs_values(slurm_cluster, job_dir):
     assert _seconds(dump["later"]["time_left"]) < _seconds(first["time_left"])
     if shutil.which("nvidia-smi") is None:
         assert first["gpu_figures"] == NO_NVIDIA_SMI
+    # where the account stands, as sshare says (the spawn form shows the same)
+    rows = [line.split("|") for line in subprocess.run(
+        ["sshare", "-P", "-n", "-A", "uni-research", "-u", USER, "-o", "Account,User,RawShares,FairShare"],
+        capture_output=True, text=True, check=True).stdout.split()]
+    shares = next(r[2] for r in rows if r[0].strip() == "uni-research" and not r[1])
+    factor = next(float(r[3]) for r in rows if r[1] == USER)
+    assert first["standing"].startswith(f"uni-research: {shares} shares"), first["standing"]
+    assert f"your fair-share factor {factor:.2f}" in first["standing"], first["standing"]
+    assert "GPU-hours this month" in first["standing"]
 
 
 @pytest.mark.slurm

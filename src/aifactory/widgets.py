@@ -29,6 +29,7 @@ import ipywidgets as widgets
 from aifactory.runs.api import run_sync
 from aifactory.runs.panel import BatchRuns, BatchRunsSection, current_notebook
 from aifactory.slurm import queries
+from aifactory.slurm.standing import describe_standing, user_standing
 
 NVIDIA_SMI_QUERY = "index,name,memory.used,memory.total,utilization.gpu"
 NO_NVIDIA_SMI = "nvidia-smi is not available on this node: no GPU figures"
@@ -102,11 +103,13 @@ class SessionPanel:
     """The widgets; ``fields`` holds each value's widget by name (what the tests read)."""
 
     FIELDS = (("job_id", "Job"), ("partition", "Partition"), ("account", "Account"), ("qos", "QOS"),
-              ("nodes", "Node"), ("gpus", "GPUs"), ("time_left", "Wall time left"), ("end_time", "Ends at"))
+              ("nodes", "Node"), ("gpus", "GPUs"), ("time_left", "Wall time left"), ("end_time", "Ends at"),
+              ("standing", "Account standing"))
 
     def __init__(self, batch_runs: BatchRuns | None = None, environ: dict | None = None, tick_seconds: float = 1.0,
                  site=None, refresh_seconds: float = 5.0):
         self.environ = os.environ if environ is None else environ
+        self.site, self.site_error = _load_site(site)
         self.tick_seconds = tick_seconds
         self.end_time: datetime | None = None
         self.job = None
@@ -158,10 +161,22 @@ class SessionPanel:
                           end_time=f"{job.end_time:%Y-%m-%d %H:%M:%S}" if job.end_time else "unknown")
             self.end_time = job.end_time
         self.job = job
+        if job and self.site is not None:
+            values["standing"] = self._standing(job.account)
         for name, value in values.items():
             self.fields[name].value = value
         self._show_time_left()
         self.fields["gpu_figures"].value = self._gpu_table(nvidia_smi())
+
+    def _standing(self, account: str) -> str:
+        """The session's account: shares, the user's fair-share factor, GPU-hours this month (the
+        spawn form shows the same)."""
+        user = self.environ.get("USER") or self.environ.get("JUPYTERHUB_USER") or ""
+        try:
+            standing = run_sync(user_standing(user, [account], self.site)).get(account)
+        except (queries.SlurmUnavailable, queries.SlurmCommandError, ValueError) as e:
+            return f"Slurm did not answer: {e}"
+        return describe_standing(standing, self.site) if standing else "unknown"
 
     def _show_time_left(self) -> None:
         if self.end_time is not None:
@@ -188,14 +203,10 @@ class SessionPanel:
     # ------------------------------------------------------------ batch runs
 
     def _batch_runs_section(self, batch_runs: BatchRuns | None, site, refresh_seconds: float) -> widgets.Widget:
+        site = self.site
         if site is None:
-            from aifactory.cli import default_site
-            from aifactory.site import SiteError, load_site
-
-            try:
-                site = load_site(default_site())
-            except (SiteError, OSError) as e:
-                return widgets.HTML(value=f"<b>Batch runs</b><br>The site file cannot be read: {html.escape(str(e))}")
+            return widgets.HTML(value=f"<b>Batch runs</b><br>The site file cannot be read: "
+                                      f"{html.escape(self.site_error)}")
         if batch_runs is None:
             from aifactory import runs as batch_runs
         defaults = {}
@@ -208,6 +219,19 @@ class SessionPanel:
             batch_runs, site, notebook=current_notebook(self.environ, ipython and (lambda: ipython.user_ns)),
             defaults=defaults, refresh_seconds=refresh_seconds)
         return self.runs.widget
+
+
+def _load_site(site):
+    """The site file as jobs see it (the published copy), or why it cannot be read."""
+    if site is not None:
+        return site, ""
+    from aifactory.cli import default_site
+    from aifactory.site import SiteError, load_site
+
+    try:
+        return load_site(default_site()), ""
+    except (SiteError, OSError) as e:
+        return None, str(e)
 
 
 def _ipython():

@@ -95,6 +95,20 @@ class AccountStanding:
     gpu_hours_limit: int | None  # gpu_hours_per_month of the site file; None = no limit
 
 
+def describe_standing(standing: AccountStanding, site: Site) -> str:
+    """One line for people: shares, the fair-share factor, GPU-hours this month against the limit."""
+    parent = site.accounts[standing.account].parent if standing.account in site.accounts else ""
+    parts = [f"{standing.account}: {standing.shares or '?'} shares"
+             + (f" ({standing.norm_shares * 100:.0f}% of {parent or 'the cluster'})" if standing.norm_shares else "")]
+    if standing.fair_share is not None:
+        parts.append(f"your fair-share factor {standing.fair_share:.2f}")
+    used = f"GPU-hours this month {standing.gpu_hours_used:.1f}"
+    if standing.gpu_hours_limit is not None:
+        used += f" of {standing.gpu_hours_limit} ({max(standing.gpu_hours_limit - standing.gpu_hours_used, 0):.1f} left)"
+    parts.append(used)
+    return "; ".join(parts)
+
+
 def ancestors(site: Site, account: str) -> list[str]:
     """The account and its parents in the site file, the account first."""
     chain = []
