@@ -39,6 +39,8 @@ def write_test_site() -> Path:
     raw["demo_users"] = {TEST_USER_PREFIX + name: spec for name, spec in raw["demo_users"].items()}
     raw["groups"] = {group: [TEST_USER_PREFIX + u for u in users] for group, users in raw["groups"].items()}
     raw["courses_dir"] = str(ROOT / "courses")
+    if "data" in raw:  # the registry sits beside the site file: the copy names the checkout's
+        raw["data"]["registry"] = str(ROOT / "hub_config" / raw["data"].get("registry", "datasets.yaml"))
     if "usage" in raw:
         raw["usage"]["managers"] = {TEST_USER_PREFIX + user: accounts
                                     for user, accounts in raw["usage"].get("managers", {}).items()}

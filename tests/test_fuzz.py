@@ -81,6 +81,12 @@ def fuzz_hub(slurm_cluster):
 
 
 def _stop(hub: Hub, name: str) -> None:
+    # let an accepted start reach sbatch first: a stop while the start is still under way (a busy
+    # machine answers 202 before the job is submitted) would cancel it before its script exists
+    deadline = time.monotonic() + 60
+    while (server := hub.server(USER, name)) is not None and server.get("pending") == "spawn" \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
     hub.api(USER, "DELETE", f"/users/{USER}/servers/{name}")
     deadline = time.monotonic() + 60
     while hub.server(USER, name) is not None and time.monotonic() < deadline:

@@ -33,7 +33,8 @@ def test_job_dying_during_startup_is_reported(slurm_cluster, tmp_path):
         assert re.search(r"/home/t-researcher1/\.aifactory-session-\d+\.log", message)  # where to look
         assert took < 30, f"took {took:.0f} s: the hub waited instead of noticing"
         assert hub.server("t-researcher1") is None
-        assert user_jobs("t-researcher1") == []
+        job_id = re.search(r"Slurm job (\d+) ended", message).group(1)
+        assert job_id not in {j["job_id"] for j in user_jobs("t-researcher1")}
     finally:
         hub.stop_all_servers()
         hub.stop()
