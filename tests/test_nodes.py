@@ -21,8 +21,8 @@ def test_the_configuration_of_two_nodes(site):
     conf = localcluster.render_slurm_conf(site, "vm", plans)
     # the controller and the machine's node are reached at the machine's side of the veth pair
     assert "SlurmctldHost=vm(10.77.7.1)" in conf
-    assert "NodeName=vm NodeAddr=10.77.7.1 CPUs=64 RealMemory=96000 Weight=1 Gres=gpu:h100:2,shard:16" in conf
-    assert "NodeName=node2 NodeAddr=10.77.7.2 CPUs=32 RealMemory=48000 Weight=10 Gres=gpu:a100:2,shard:16" in conf
+    assert "NodeName=vm NodeAddr=10.77.7.1 CPUs=128 RealMemory=160000 Weight=1 Gres=gpu:h100:2,shard:16" in conf
+    assert "NodeName=node2 NodeAddr=10.77.7.2 CPUs=96 RealMemory=96000 Weight=10 Gres=gpu:a100:2,shard:16" in conf
     assert "PartitionName=gpu Nodes=vm,node2 Default=YES" in conf
     gres = localcluster.render_gres_conf(site, "vm", plans)
     assert "NodeName=node2 Name=gpu Type=a100 File=/dev/fakegpu[2-3]" in gres
