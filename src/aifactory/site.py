@@ -3,22 +3,33 @@
 Every fact about a site (partitions, GPU types, accounts and shares, limits, courses)
 lives in that file. Errors name the offending key (``partitions.gpu.max_hours``) so an
 administrator can fix the file without reading code.
+
+This module holds the core sections (cluster, GPU types, partitions, accounts, QOS, limits,
+spawn, demo users, ...) and ``load_site``; the feature sections (``workshops``, ``usage``,
+``data``, ``runs``) load in ``site_sections``, and both use the helpers in ``site_base``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-
-
-class SiteError(ValueError):
-    """The site file is invalid; the message names the key."""
+from aifactory.site_base import NAME_RE as NAME_RE  # re-exported: other modules import it from here
+from aifactory.site_base import USERNAME_RE, SiteError, _check_unknown, _get, _name, _positive
+from aifactory.site_sections import GROUP_PREFIX_RE as GROUP_PREFIX_RE
+from aifactory.site_sections import RUNS_FOLDER_RE as RUNS_FOLDER_RE
+from aifactory.site_sections import (
+    DataSettings,
+    RunSettings,
+    UsageSettings,
+    WorkshopSettings,
+    _load_data,
+    _load_runs,
+    _load_usage,
+    _load_workshops,
+)
 
 
 @dataclass(frozen=True)
@@ -77,55 +88,6 @@ class Range:
     min: int
     max: int
     default: int
-
-
-@dataclass(frozen=True)
-class WorkshopSettings:
-    """How instructors' workshops use the cluster (the ``workshops`` section)."""
-
-    account: str = "uni-teaching"  # Slurm account of generated walk-in participants
-    qos: str = "workshop"
-    partition: str = ""  # where the reservation lives; default: the default partition
-    max_participants: int = 40
-    max_hours: int = 8
-    keep_walkin_files_days: int = 14
-    # cores: reserve participants x cpus cores (Slurm 22.05 cannot reserve GRES);
-    # nodes: reserve whole GPU nodes (GPUs guaranteed; what a production site uses)
-    reserve: str = "cores"
-    gpus_per_node: int = 0  # with reserve: nodes; 0 = all site GPUs sit on one node
-
-
-@dataclass(frozen=True)
-class UsageSettings:
-    """Who sees which usage (the ``usage`` section; /services/usage/, ``aifactory usage``)."""
-
-    # the top-level account whose share of GPU-hours is shown against its fair-share target
-    partner_account: str = ""
-    # user -> accounts whose usage they may see (with their sub-accounts); admins see all
-    managers: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """The trusted-data catalogue (the ``data`` section): registry file and published data root."""
-
-    registry: Path | None = None  # datasets.yaml; None: the site has no registered datasets
-    root: Path = Path("/srv/aifactory-data")
-    # unix groups that grant read access to restricted datasets: PREFIX + dataset name
-    group_prefix: str = "aifd-"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Batch runs of notebooks (the ``runs`` section, ``aifactory submit``)."""
-
-    max_array_tasks: int = 20  # most tasks (parameter combinations) one sweep may have
-    array_throttle: int = 4  # tasks of one sweep running at once (the job array's %N)
-    folder: str = "aifactory-runs"  # under each user's home: one private folder per run
-
-
-# a folder name under the user's home: no path separators, no leading dot or dash
-RUNS_FOLDER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -195,39 +157,6 @@ class Site:
     @property
     def shared_gpu_types(self) -> list[str]:
         return [g.name for g in self.gpu_types.values() if g.shards]
-
-
-def _get(mapping: dict, key: str, where: str, kind: type | tuple, default=...):
-    if not isinstance(mapping, dict):
-        raise SiteError(f"{where}: expected a mapping, got {type(mapping).__name__}")
-    if key not in mapping:
-        if default is ...:
-            raise SiteError(f"{where}.{key}: missing")
-        return default
-    value = mapping[key]
-    # bool is an int subclass: refuse `true` where a number is meant
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise SiteError(f"{where}.{key}: expected {names}, got {value!r}")
-    return value
-
-
-def _positive(value: int, where: str) -> int:
-    if value < 0:
-        raise SiteError(f"{where}: must not be negative, got {value}")
-    return value
-
-
-def _name(value: str, where: str, pattern: re.Pattern = NAME_RE) -> str:
-    if not pattern.match(value):
-        raise SiteError(f"{where}: {value!r} is not a valid name (lower-case letters, digits, - and _)")
-    return value
-
-
-def _check_unknown(mapping: dict, allowed: set[str], where: str) -> None:
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
-        raise SiteError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
 def _load_gpu_types(raw: dict) -> dict[str, GpuType]:
@@ -362,78 +291,6 @@ def _load_demo_users(raw: dict, accounts: dict, qos: dict) -> dict[str, DemoUser
     return users
 
 
-def _load_workshops(raw: dict, accounts: dict, qos: dict, partitions: dict) -> WorkshopSettings:
-    spec = _get(raw, "workshops", "site", dict, {})
-    where = "workshops"
-    defaults = WorkshopSettings()
-    _check_unknown(spec, {"account", "qos", "partition", "max_participants", "max_hours",
-                          "keep_walkin_files_days", "reserve", "gpus_per_node"}, where)
-    settings = WorkshopSettings(
-        account=_get(spec, "account", where, str, defaults.account),
-        qos=_get(spec, "qos", where, str, defaults.qos),
-        partition=_get(spec, "partition", where, str, ""),
-        max_participants=_positive(_get(spec, "max_participants", where, int, defaults.max_participants),
-                                   f"{where}.max_participants"),
-        max_hours=_positive(_get(spec, "max_hours", where, int, defaults.max_hours), f"{where}.max_hours"),
-        keep_walkin_files_days=_positive(_get(spec, "keep_walkin_files_days", where, int,
-                                              defaults.keep_walkin_files_days), f"{where}.keep_walkin_files_days"),
-        reserve=_get(spec, "reserve", where, str, defaults.reserve),
-        gpus_per_node=_positive(_get(spec, "gpus_per_node", where, int, 0), f"{where}.gpus_per_node"),
-    )
-    if "workshops" not in raw:
-        return settings
-    if settings.account not in accounts:
-        raise SiteError(f"{where}.account: unknown account {settings.account!r} (known: {', '.join(accounts)})")
-    if settings.qos not in qos:
-        raise SiteError(f"{where}.qos: unknown QOS {settings.qos!r} (known: {', '.join(qos)})")
-    if settings.partition and settings.partition not in partitions:
-        raise SiteError(f"{where}.partition: unknown partition {settings.partition!r}")
-    if settings.reserve not in ("cores", "nodes"):
-        raise SiteError(f"{where}.reserve: must be cores or nodes, got {settings.reserve!r}")
-    return settings
-
-
-def _load_usage(raw: dict, accounts: dict[str, Account]) -> UsageSettings:
-    spec = _get(raw, "usage", "site", dict, {})
-    _check_unknown(spec, {"partner_account", "managers"}, "usage")
-    # sites without the section: the fair-share split this hub was built for
-    partner = _get(spec, "partner_account", "usage", str, "regional" if "regional" in accounts else "")
-    if partner and (partner not in accounts or accounts[partner].parent):
-        top = [a.name for a in accounts.values() if not a.parent]
-        raise SiteError(f"usage.partner_account: {partner!r} is not a top-level account (known: {', '.join(top)})")
-    managers = {}
-    for user, managed in _get(spec, "managers", "usage", dict, {}).items():
-        where = f"usage.managers.{user}"
-        _name(str(user), where, USERNAME_RE)
-        if not isinstance(managed, list) or not managed:
-            raise SiteError(f"{where}: expected a list of accounts, got {managed!r}")
-        for account in managed:
-            if account not in accounts:
-                raise SiteError(f"{where}: unknown account {account!r} (known: {', '.join(accounts)})")
-        managers[user] = tuple(managed)
-    return UsageSettings(partner, managers)
-
-
-def _load_runs(raw: dict) -> RunSettings:
-    spec = _get(raw, "runs", "site", dict, {})
-    where = "runs"
-    defaults = RunSettings()
-    _check_unknown(spec, {"max_array_tasks", "array_throttle", "folder"}, where)
-    settings = RunSettings(
-        max_array_tasks=_get(spec, "max_array_tasks", where, int, defaults.max_array_tasks),
-        array_throttle=_get(spec, "array_throttle", where, int, defaults.array_throttle),
-        folder=_get(spec, "folder", where, str, defaults.folder),
-    )
-    if settings.max_array_tasks < 1:
-        raise SiteError(f"{where}.max_array_tasks: must be at least 1, got {settings.max_array_tasks}")
-    if settings.array_throttle < 1:
-        raise SiteError(f"{where}.array_throttle: must be at least 1, got {settings.array_throttle}")
-    if not RUNS_FOLDER_RE.match(settings.folder) or ".." in settings.folder:
-        raise SiteError(f"{where}.folder: {settings.folder!r} must be one folder name under the home "
-                        "(letters, digits, _ . -; no /)")
-    return settings
-
-
 def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...]:
     """``cluster.nodes``, or one node with every GPU (``cluster.node_cpus`` / ``node_memory_mb``)."""
     if "nodes" not in cluster:
@@ -463,30 +320,6 @@ def _load_nodes(cluster: dict, gpu_types: dict[str, GpuType]) -> tuple[Node, ...
             raise SiteError(f"cluster.nodes: the nodes hold {count} {gpu} GPU(s) but gpu_types.{gpu}.count "
                             f"is {gpu_types[gpu].count}")
     return tuple(nodes)
-
-
-GROUP_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,11}$")
-
-
-def _load_data(raw: dict, site_dir: Path) -> DataSettings:
-    """``data: {registry: datasets.yaml, root: /srv/aifactory-data}``; old site files have none."""
-    spec = _get(raw, "data", "site", dict, {})
-    _check_unknown(spec, {"registry", "root", "group_prefix"}, "data")
-    default_registry = site_dir / "datasets.yaml"
-    registry = _get(spec, "registry", "data", str, "")
-    # existence is checked where the registry is read: a published copy of the site file (for
-    # jobs) comes without it
-    if registry:
-        registry_path = (site_dir / registry).resolve()
-    else:
-        registry_path = default_registry if default_registry.is_file() else None
-    root = _get(spec, "root", "data", str, str(DataSettings.root))
-    if not root.startswith("/") or ".." in Path(root).parts or Path(root) == Path("/"):
-        raise SiteError(f"data.root: must be an absolute folder other than /, got {root!r}")
-    prefix = _get(spec, "group_prefix", "data", str, DataSettings.group_prefix)
-    if not GROUP_PREFIX_RE.match(prefix):
-        raise SiteError(f"data.group_prefix: {prefix!r} must be 1-12 lower-case letters, digits, - or _")
-    return DataSettings(registry_path, Path(root), prefix)
 
 
 # Slurm's --signal takes at most 65535 s before the end; an hour is more than any session needs
