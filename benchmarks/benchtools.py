@@ -163,7 +163,7 @@ def storm(hub: Hub, users: list[str], options: dict, timeout: float, name: str =
         while time.monotonic() < deadline and len(ready) + len(failed) < len(users):
             asked = time.monotonic()
             try:
-                answer = requests.get(f"{hub.url}/hub/api/users", headers=headers, timeout=60).json()
+                answer = all_users(hub, headers)
             except requests.RequestException:
                 continue
             polls.append(time.monotonic() - asked)
@@ -186,6 +186,19 @@ def storm(hub: Hub, users: list[str], options: dict, timeout: float, name: str =
     poller.join()
     return {"ready": ready, "failed": failed, "submit_spread": spread, "polls": polls,
             "hub_cpu": hub_cpu_seconds(hub) - cpu_before, "users": len(users)}
+
+
+def all_users(hub: Hub, headers: dict) -> list[dict]:
+    """Every user with their servers: the hub answers at most 200 a page."""
+    users, offset = [], 0
+    while True:
+        page = requests.get(f"{hub.url}/hub/api/users", params={"offset": offset}, timeout=60,
+                            headers={**headers, "Accept": "application/jupyterhub-pagination+json"}).json()
+        users += page["items"]
+        following = (page.get("_pagination") or {}).get("next")
+        if not following:
+            return users
+        offset = following["offset"]
 
 
 def hub_cpu_seconds(hub: Hub) -> float:
