@@ -79,8 +79,16 @@ def make_users(count: int, tag: str) -> list[str]:
 
 def remove_users(users: list[str]) -> None:
     if users:
-        subprocess.run(["scancel", "-u", ",".join(users)], capture_output=True)
+        cancel_jobs_of(users)
         subprocess.run([*PRIVILEGED, "walkin-remove", "--users", ",".join(users)], capture_output=True)
+
+
+def cancel_jobs_of(users: list[str]) -> None:
+    """scancel takes one user; squeue takes a list: cancel by job id."""
+    jobs = subprocess.run(["squeue", "-h", "-u", ",".join(users), "-o", "%i"], capture_output=True,
+                          text=True).stdout.split()
+    if jobs:
+        subprocess.run(["scancel", *jobs], capture_output=True)
 
 
 def register(hub: Hub, users: list[str]) -> None:
@@ -232,5 +240,5 @@ def stop_all(hub: Hub, users: list[str], name: str = "") -> None:
 
     with ThreadPoolExecutor(20) as pool:
         list(pool.map(stop, users))
-    subprocess.run(["scancel", "-u", ",".join(users)], capture_output=True)
+    cancel_jobs_of(users)
     wait_no_jobs(users)
