@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aifactory.courses.check import SLUG_RE, load_courses
+from aifactory.courses.check import SLUG_RE, load_course, load_courses
 from aifactory.courses.model import Course
 from aifactory.courses.sync import PUBLISHED_DIR, fetch_fresh, publish, sync_course
 from aifactory.site import Site
@@ -35,10 +35,13 @@ def add_cli(subparsers, func) -> None:
 def _one_course(site: Site, slug: str) -> Course:
     if not SLUG_RE.match(slug):
         sys.exit(f"error: {slug!r} is not a course name")
-    courses, _ = load_courses(site)
-    if slug not in courses:
+    # the one course's folder (checked as `courses check` does); every session job of a course runs this
+    folder = Path(site.courses_dir) / slug
+    course = load_course(folder, site) if folder.is_dir() else None
+    if course is None or course.slug != slug:
+        courses, _ = load_courses(site)
         sys.exit(f"error: no valid course {slug!r} (courses: {', '.join(courses) or 'none'})")
-    return courses[slug]
+    return course
 
 
 def cli(args, site: Site) -> int:

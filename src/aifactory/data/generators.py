@@ -13,6 +13,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from aifactory.data import registry
+
 # ---------------------------------------------------------------- ED chest-pain cohort (ai-healthcare)
 
 HOSPITALS = {  # how the hospitals differ (site B is the external validation site)
@@ -166,6 +168,11 @@ GENERATORS = {
     "pseudonymised_admissions": pseudonymised_admissions,
     "sklearn_bundled": sklearn_bundled,
 }
+
+
+if set(GENERATORS) != registry.GENERATORS:
+    raise ImportError(f"aifactory.data.registry.GENERATORS names {sorted(registry.GENERATORS)}, "
+                      f"the generators are {sorted(GENERATORS)}")
 
 
 def to_csv_bytes(frame: pd.DataFrame, index_column: str = "") -> bytes:

@@ -135,9 +135,13 @@ def _names(spec: dict, key: str, where: str, known, kind: str) -> tuple[str, ...
     return tuple(values)
 
 
-def _load_files(spec, where: str, root: Path, name: str) -> tuple[DataFile, ...]:
-    from aifactory.data.generators import GENERATORS
+# the functions of aifactory.data.generators, by name: named here so that reading the registry does
+# not import numpy and pandas (a course copy in every session job reads it); generators.py checks
+# that the two agree when it is imported
+GENERATORS = frozenset({"chest_pain_cohort", "energy_load_series", "pseudonymised_admissions", "sklearn_bundled"})
 
+
+def _load_files(spec, where: str, root: Path, name: str) -> tuple[DataFile, ...]:
     files = []
     for file_name, file_spec in _mapping(spec, where).items():
         fwhere = f"{where}.{file_name}"
