@@ -246,7 +246,11 @@ def test_wall_time_reached_while_running(hub):
     hub.wait_stopped("t-student1", timeout=90)
     record = asyncio.run(slurm.job_record(job_id))
     assert record and record.state == "TIMEOUT", record
-    assert f"Job {job_id} of t-student1 ended: TIMEOUT" in hub.log_tail(200)
+    # the hub logs sacct's verdict once accounting has it (a moment after the server stopped)
+    deadline = time.monotonic() + 20
+    while f"Job {job_id} of t-student1 ended: TIMEOUT" not in hub.log_tail(300):
+        assert time.monotonic() < deadline, hub.log_tail(40)
+        time.sleep(0.5)
     assert_consistent(hub)
 
 
