@@ -244,7 +244,7 @@ def test_wall_time_reached_while_running(hub):
     # the time limit runs out now (Slurm enforces it on its next time check)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=0:01"], check=True)
     hub.wait_stopped("t-student1", timeout=90)
-    record = asyncio.run(slurm.job_record(job_id))
+    record = asyncio.run(slurm.job_records([job_id])).get(job_id)
     assert record and record.state == "TIMEOUT", record
     # the hub logs sacct's verdict once accounting has it (a moment after the server stopped)
     deadline = time.monotonic() + 20

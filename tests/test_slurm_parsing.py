@@ -112,7 +112,7 @@ def test_job_not_listed():
 
 
 def test_sacct_record():
-    record = slurm.parse_sacct("2|CANCELLED by 1001|0:0|00:00:00\n")
+    record = slurm.parse_sacct_records("2|CANCELLED by 1001|0:0|00:00:00\n")["2"]
     assert record.state == "CANCELLED by 1001" and record.exit_code == "0:0"
 
 

@@ -319,15 +319,6 @@ class JobRecord:
     elapsed: str
 
 
-def parse_sacct(sacct_text: str) -> JobRecord | None:
-    """``sacct -X -n -P -j ID -o JobID,State,ExitCode,Elapsed``."""
-    for line in sacct_text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 4:
-            return JobRecord(*parts)
-    return None
-
-
 def parse_sacct_records(sacct_text: str) -> dict[str, JobRecord]:
     """``sacct -X -n -P -j ID,ID,... -o JobID,State,ExitCode,Elapsed``: the records by job id."""
     records = {}
@@ -352,11 +343,6 @@ async def user_jobs(usernames: list[str]) -> list[dict]:
     if not usernames:
         return []
     return parse_squeue_overview(await run(["squeue", "-h", "-u", ",".join(usernames), "-o", OVERVIEW_FORMAT]))
-
-
-async def job_record(job_id: str) -> JobRecord | None:
-    return parse_sacct(await run(["sacct", "-X", "-n", "-P", "-j", job_id,
-                                  "-o", "JobID,State,ExitCode,Elapsed"]))
 
 
 TAGGED_FORMAT = "%i|%u|%T|%k"
